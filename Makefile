@@ -1,0 +1,31 @@
+# genco: `make demo` runs the main job, `make test` runs the tests. Both install what they need first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test bench bench-quick clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned to the CPU build on this machine's disk: a bare `torch` in an empty
+# environment would resolve to a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,vw]'
+	touch $@
+
+demo: install
+	$(BIN)/genco demo
+
+test: install
+	$(BIN)/python -m pytest
+
+bench-quick: install
+	$(BIN)/python benchmarks/read_throughput.py --quick
+
+bench: install
+	$(BIN)/python benchmarks/read_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

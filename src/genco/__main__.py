@@ -1,0 +1,3 @@
+from genco.cli import main
+
+main()

@@ -1,0 +1,328 @@
+"""From typed rows to model input: a compact columnar encoding, and padded, masked batches.
+
+Two steps, so that a large log never lives in memory as Python objects:
+
+1. `Encoder` turns rows into `EncodedRows`: numpy columns, where every distinct element of a component is
+   stored once in an element table (features + hashed id) and each row holds int32 indices into it.
+2. `collate` gathers any subset of rows into a `Batch` of padded tensors. Components are laid side by side
+   along one slot axis (B, T) with T = sum over components of the batch's largest candidate count for that
+   component: padding is to the batch's maximum, never to a fixed size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from genco.contract import LogRow, Request
+from genco.errors import GencoInputError
+
+
+@lru_cache(maxsize=1 << 20)
+def stable_hash(text: str) -> int:
+    """A 63-bit hash that is the same in every process and Python version (unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def element_bucket(component: str, element_id: str, buckets: int) -> int:
+    return stable_hash(f"{component}\x1f{element_id}") % buckets
+
+
+@dataclass
+class FeatureSchema:
+    """What a model knows of its data: components in order, feature lengths, hash sizes. Saved with the model."""
+
+    components: list[str]
+    user_dim: int
+    ad_dim: int
+    feature_dims: dict[str, int]
+    id_buckets: int = 1 << 16
+    ad_buckets: int = 1 << 14
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Request], **buckets: int) -> "FeatureSchema":
+        components: dict[str, int] = {}
+        user_dim = ad_dim = None
+        for row in rows:
+            user_dim = len(row.user) if user_dim is None else user_dim
+            if row.ad is not None and ad_dim is None:
+                ad_dim = len(row.ad)
+            for name, candidates in row.components.items():
+                components.setdefault(name, len(candidates[0].features))
+        if user_dim is None:
+            raise GencoInputError("no rows to learn from")
+        return cls(list(components), user_dim, ad_dim or 0, components, **buckets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self, row: Request) -> str | None:
+        """Why `row` does not fit this schema, or None if it does."""
+        if len(row.user) != self.user_dim:
+            return f"user has length {len(row.user)}, the model was trained with {self.user_dim}"
+        if row.ad is not None and len(row.ad) != self.ad_dim:
+            return f"ad has length {len(row.ad)}, the model was trained with {self.ad_dim}"
+        for name, candidates in row.components.items():
+            if name not in self.feature_dims:
+                return f"component {name!r} was not in the training logs (known: {', '.join(self.components)})"
+            want = self.feature_dims[name]
+            for element in candidates:
+                if len(element.features) != want:
+                    return f"{name!r} element {element.id!r} has {len(element.features)} features, the model expects {want}"
+        return None
+
+
+@dataclass
+class ComponentColumn:
+    """One component across many rows: a table of distinct elements and, per row, indices into it."""
+
+    ids: list[str] = field(default_factory=list)  # element table: id of entry e
+    features: list[list[float]] = field(default_factory=list)  # element table: features of entry e
+    buckets: list[int] = field(default_factory=list)  # element table: hashed id of entry e
+    offsets: list[int] = field(default_factory=lambda: [0])  # row r's candidates are members[offsets[r]:offsets[r+1]]
+    members: list[int] = field(default_factory=list)
+    shown: list[int] = field(default_factory=list)  # row r: position of the shown element among its candidates, -1 if none
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+    _variants: dict[tuple[str, tuple[float, ...]], int] = field(default_factory=dict, repr=False)
+
+    def entry(self, component: str, element_id: str, features: list[float], buckets: int) -> int:
+        """The table index of this (id, features) element, adding it on first sight.
+
+        The same id normally carries the same features everywhere; if it does not, each distinct
+        feature vector gets its own entry (sharing the hashed id), so no row's features are lost.
+        """
+        index = self._index.get(element_id)
+        if index is not None and self.features[index] == features:
+            return index
+        key = (element_id, tuple(features))
+        if index is not None and key in self._variants:
+            return self._variants[key]
+        new = len(self.ids)
+        self.ids.append(element_id)
+        self.features.append(features)
+        self.buckets.append(element_bucket(component, element_id, buckets))
+        if index is None:
+            self._index[element_id] = new
+        else:
+            self._variants[key] = new
+        return new
+
+
+@dataclass
+class EncodedRows:
+    """Rows as numpy columns (see module doc). Built by `Encoder`, sliced into batches by `collate`."""
+
+    schema: FeatureSchema
+    request_ids: list[str]
+    user: np.ndarray  # (n, U) float32
+    ad: np.ndarray  # (n, A) float32, zeros where a row has no ad features
+    ad_bucket: np.ndarray  # (n,) int64
+    ad_ids: list[str]
+    columns: dict[str, dict[str, np.ndarray]]  # component -> table_features (E, F), table_bucket (E,),
+    #                                              offsets (n+1,), members (nnz,), shown (n,)
+    element_ids: dict[str, list[str]]  # component -> id of table entry e
+    click: np.ndarray | None = None  # (n,) float32, logs only
+    propensity: np.ndarray | None = None  # (n,) float32, NaN where absent
+    revenue: np.ndarray | None = None  # (n,) float32, NaN where absent
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def candidate_counts(self, component: str) -> np.ndarray:
+        return np.diff(self.columns[component]["offsets"])
+
+
+class Encoder:
+    """Accumulates rows into columns; `finish()` returns EncodedRows. Rows must fit the schema."""
+
+    def __init__(self, schema: FeatureSchema):
+        self.schema = schema
+        self.columns = {name: ComponentColumn() for name in schema.components}
+        self.request_ids: list[str] = []
+        self.ad_ids: list[str] = []
+        self.user: list[list[float]] = []
+        self.ad: list[list[float]] = []
+        self.click: list[int] = []
+        self.propensity: list[float] = []
+        self.revenue: list[float] = []
+        self._has_logs = False
+
+    def add(self, row: Request) -> None:
+        problem = self.schema.check(row)
+        if problem:
+            raise GencoInputError(f"request {row.request_id!r}: {problem}")
+        self.request_ids.append(row.request_id)
+        self.ad_ids.append(row.ad_id)
+        self.user.append(row.user)
+        self.ad.append(row.ad if row.ad is not None else [0.0] * self.schema.ad_dim)
+        is_log = isinstance(row, LogRow)
+        self._has_logs |= is_log
+        for name, column in self.columns.items():
+            candidates = row.components.get(name)
+            if candidates is None:
+                column.offsets.append(column.offsets[-1])
+                column.shown.append(-1)
+                continue
+            shown_id = row.shown[name] if is_log else None
+            shown_at = -1
+            for position, element in enumerate(candidates):
+                column.members.append(column.entry(name, element.id, element.features, self.schema.id_buckets))
+                if element.id == shown_id:
+                    shown_at = position
+            column.offsets.append(len(column.members))
+            column.shown.append(shown_at)
+        if is_log:
+            self.click.append(row.click)
+            self.propensity.append(np.nan if row.propensity is None else row.propensity)
+            self.revenue.append(np.nan if row.revenue is None else row.revenue)
+
+    def finish(self) -> EncodedRows:
+        s = self.schema
+        n = len(self.request_ids)
+        columns = {}
+        for name, c in self.columns.items():
+            columns[name] = {
+                "table_features": np.asarray(c.features, dtype=np.float32).reshape(len(c.ids), s.feature_dims[name]),
+                "table_bucket": np.asarray(c.buckets, dtype=np.int64),
+                "offsets": np.asarray(c.offsets, dtype=np.int64),
+                "members": np.asarray(c.members, dtype=np.int32),
+                "shown": np.asarray(c.shown, dtype=np.int32),
+            }
+        ad_bucket = np.asarray([stable_hash(a) % s.ad_buckets for a in self.ad_ids], dtype=np.int64)
+        logs = self._has_logs
+        return EncodedRows(
+            schema=s,
+            request_ids=self.request_ids,
+            user=np.asarray(self.user, dtype=np.float32).reshape(n, s.user_dim),
+            ad=np.asarray(self.ad, dtype=np.float32).reshape(n, s.ad_dim),
+            ad_bucket=ad_bucket,
+            ad_ids=self.ad_ids,
+            columns=columns,
+            element_ids={name: c.ids for name, c in self.columns.items()},
+            click=np.asarray(self.click, dtype=np.float32) if logs else None,
+            propensity=np.asarray(self.propensity, dtype=np.float32) if logs else None,
+            revenue=np.asarray(self.revenue, dtype=np.float32) if logs else None,
+        )
+
+
+def encode(rows: Iterable[Request], schema: FeatureSchema) -> EncodedRows:
+    encoder = Encoder(schema)
+    for row in rows:
+        encoder.add(row)
+    return encoder.finish()
+
+
+@dataclass
+class Batch:
+    """Padded model input for B rows. Slot axis T: component m owns slots [start_m, end_m).
+
+    Shapes: user (B, U); ad (B, A); ad_bucket (B,); element_bucket (B, T); features[m] (B, N_m, F_m);
+    mask (B, T) True on real candidates; slot_component (T,); shown (B, M) position within the component,
+    -1 where the row lacks the component; click (B,).
+    """
+
+    user: torch.Tensor
+    ad: torch.Tensor
+    ad_bucket: torch.Tensor
+    element_bucket: torch.Tensor
+    features: list[torch.Tensor]
+    mask: torch.Tensor
+    slices: list[tuple[int, int]]
+    slot_component: torch.Tensor
+    element_index: list[np.ndarray]  # per component (B, N_m): element table entry, -1 on padding
+    shown: torch.Tensor | None = None
+    click: torch.Tensor | None = None
+    propensity: torch.Tensor | None = None
+    rows: np.ndarray | None = None  # which rows of the EncodedRows this batch holds
+
+    @property
+    def size(self) -> int:
+        return self.user.shape[0]
+
+    @property
+    def present(self) -> torch.Tensor:
+        """(B, M) True where the row has the component."""
+        return torch.stack([self.mask[:, a:b].any(dim=1) if b > a else self.mask.new_zeros(self.size) for a, b in self.slices], dim=1)
+
+
+def collate(data: EncodedRows, rows: Sequence[int] | np.ndarray) -> Batch:
+    """Gather `rows` of `data` into padded tensors (see Batch). Vectorised: no Python loop over rows."""
+    idx = np.asarray(rows, dtype=np.int64)
+    features, buckets, masks, slices, element_index, shown = [], [], [], [], [], []
+    start = 0
+    for name in data.schema.components:
+        col = data.columns[name]
+        begin = col["offsets"][idx]
+        counts = col["offsets"][idx + 1] - begin
+        width = int(counts.max()) if len(idx) else 0
+        steps = np.arange(width)
+        valid = steps[None, :] < counts[:, None]  # (B, N_m)
+        flat = np.minimum(begin[:, None] + steps[None, :], max(len(col["members"]) - 1, 0))
+        entry = np.where(valid, col["members"][flat] if len(col["members"]) else 0, -1)  # (B, N_m)
+        safe = np.maximum(entry, 0)
+        feats = col["table_features"][safe] if len(col["table_features"]) else np.zeros((*entry.shape, data.schema.feature_dims[name]), np.float32)
+        feats = feats * valid[..., None]
+        bucket = np.where(valid, col["table_bucket"][safe] if len(col["table_bucket"]) else 0, 0)
+        features.append(torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)))
+        buckets.append(bucket)
+        masks.append(valid)
+        element_index.append(entry)
+        shown.append(col["shown"][idx])
+        slices.append((start, start + width))
+        start += width
+    slot_component = torch.tensor([m for m, (a, b) in enumerate(slices) for _ in range(a, b)], dtype=torch.long)
+    return Batch(
+        user=torch.from_numpy(data.user[idx]),
+        ad=torch.from_numpy(data.ad[idx]),
+        ad_bucket=torch.from_numpy(data.ad_bucket[idx]),
+        element_bucket=torch.from_numpy(np.concatenate(buckets, axis=1).astype(np.int64)),
+        features=features,
+        mask=torch.from_numpy(np.concatenate(masks, axis=1)),
+        slices=slices,
+        slot_component=slot_component,
+        element_index=element_index,
+        shown=torch.from_numpy(np.stack(shown, axis=1).astype(np.int64)),
+        click=torch.from_numpy(data.click[idx]) if data.click is not None else None,
+        propensity=torch.from_numpy(data.propensity[idx]) if data.propensity is not None else None,
+        rows=idx,
+    )
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Iterator[np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def stream_batches(rows: Iterable[Request], schema: FeatureSchema, batch_size: int) -> Iterator[tuple[EncodedRows, Batch]]:
+    """Encode and collate a row stream chunk by chunk: memory stays bounded by one chunk, whatever the log's size."""
+    encoder = Encoder(schema)
+    for row in rows:
+        encoder.add(row)
+        if len(encoder.request_ids) == batch_size:
+            data = encoder.finish()
+            yield data, collate(data, np.arange(len(data)))
+            encoder = Encoder(schema)
+    if encoder.request_ids:
+        data = encoder.finish()
+        yield data, collate(data, np.arange(len(data)))
+
+
+def decode_choice(data: EncodedRows, batch: Batch, choice: torch.Tensor) -> list[dict[str, str]]:
+    """Turn (B, M) chosen positions (-1: component absent) into {component: element id} per row."""
+    chosen = choice.cpu().numpy()
+    out: list[dict[str, str]] = [{} for _ in range(batch.size)]
+    for m, name in enumerate(data.schema.components):
+        ids = data.element_ids[name]
+        entries = batch.element_index[m]
+        for b in range(batch.size):
+            j = chosen[b, m]
+            if j >= 0:
+                out[b][name] = ids[entries[b, j]]
+    return out

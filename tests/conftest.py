@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genco.world import WorldConfig, simulate
+
+
+def run_genco(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real command line (`python -m genco ...`), as a user's pipeline would."""
+    return subprocess.run([sys.executable, "-m", "genco", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """A small simulated world (seeded) shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("world")
+    simulate(WorldConfig(seed=3, ads=60, impressions=3000, requests=200, max_candidates=8, revenue=True), out)
+    return out
+
+
+def log_row(**overrides) -> dict:
+    """One valid log row; tests break one rule at a time from here."""
+    row = {
+        "request_id": "r-1",
+        "ad_id": "ad-1",
+        "user": [0.1, -0.2],
+        "ad": [1.0],
+        "components": {
+            "title": [{"id": "t-1", "features": [0.1, 0.2]}, {"id": "t-2", "features": [0.3, -0.2]}],
+            "image": [{"id": "i-1", "features": [0.5, 0.1, 0.9]}],
+        },
+        "shown": {"title": "t-2", "image": "i-1"},
+        "click": 1,
+        "propensity": 0.5,
+    }
+    row.update(overrides)
+    return row
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
