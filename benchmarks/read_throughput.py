@@ -46,10 +46,10 @@ def measure(path: str) -> None:
     """Child process: stream, validate and batch every row; print one JSON line."""
     from itertools import islice
 
-    from genco.data import FeatureSchema, stream_batches
+    from genco.data import encode, stream_batches
     from genco.files import read_rows
 
-    schema = FeatureSchema.from_rows(islice(read_rows(path, "logs"), 2000))
+    schema = encode(islice(read_rows(path, "logs"), 2000)).schema
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     rows = batches = 0

@@ -23,6 +23,14 @@ def small_world(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def train_world(tmp_path_factory) -> Path:
+    """A world with enough logs for a small model to learn something (seeded)."""
+    out = tmp_path_factory.mktemp("train-world")
+    simulate(WorldConfig(seed=4, ads=80, impressions=12000, requests=300, max_candidates=8), out)
+    return out
+
+
 def log_row(**overrides) -> dict:
     """One valid log row; tests break one rule at a time from here."""
     row = {

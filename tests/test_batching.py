@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genco.contract import LogRow
-from genco.data import FeatureSchema, collate, decode_choice, encode, stable_hash
+from genco.data import collate, encode, selections_at, stable_hash
 from tests.test_files import log_rows
 
 
@@ -40,8 +40,8 @@ def _check_batch(rows, schema, data, batch):
 @given(rows=log_rows(n_rows=st.integers(1, 6)))
 def test_padding_and_masks(rows):
     typed = [LogRow.model_validate(r) for r in rows]
-    schema = FeatureSchema.from_rows(typed, id_buckets=97, ad_buckets=13)
-    data = encode(typed, schema)
+    data = encode(typed, id_buckets=97, ad_buckets=13)
+    schema = data.schema
     batch = collate(data, np.arange(len(typed)))
     _check_batch(typed, schema, data, batch)
     assert batch.click.tolist() == [r.click for r in typed]
@@ -53,22 +53,22 @@ def test_large_pools_and_subsets():
         comps = {"title": [{"id": f"t{k}", "features": [float(k), 1.0]} for k in range(n)], "cta": [{"id": "go", "features": []}]}
         rows.append(LogRow.model_validate({"request_id": f"r{r}", "ad_id": "a", "user": [], "components": comps,
                                            "shown": {"title": f"t{n - 1}", "cta": "go"}, "click": 0}))
-    schema = FeatureSchema.from_rows(rows)
-    data = encode(rows, schema)
+    data = encode(rows)
+    schema = data.schema
     _check_batch(rows, schema, data, collate(data, np.arange(3)))
     # A batch of the small rows is padded to its own maximum (7), not to the data set's (150).
     small = collate(data, np.array([0, 2]))
     assert small.slices[0] == (0, 7)
     _check_batch([rows[0], rows[2]], schema, data, small)
-    choice = torch.tensor([[0, 0], [6, 0]])
-    assert decode_choice(data, small, choice) == [{"title": "t0", "cta": "go"}, {"title": "t6", "cta": "go"}]
+    choice = np.array([[0, 0], [6, 0]])
+    assert selections_at(data, np.array([0, 2]), choice) == [{"title": "t0", "cta": "go"}, {"title": "t6", "cta": "go"}]
 
 
 def test_same_id_different_features_keeps_both():
     make = lambda r, f: LogRow.model_validate({"request_id": r, "ad_id": "a", "user": [], "click": 1,
                                                "components": {"title": [{"id": "t", "features": [f]}]}, "shown": {"title": "t"}})
     rows = [make("r1", 1.0), make("r2", 2.0), make("r3", 1.0)]
-    data = encode(rows, FeatureSchema.from_rows(rows))
+    data = encode(rows)
     batch = collate(data, np.arange(3))
     assert batch.features[0][:, 0, 0].tolist() == [1.0, 2.0, 1.0]
     assert len(set(batch.element_bucket[:, 0].tolist())) == 1, "one id, one hashed embedding"

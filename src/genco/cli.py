@@ -51,6 +51,20 @@ OnBadRow = Annotated[
 
 
 @app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="A small world and few epochs: under a minute, for CI.")] = False,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports/demo"),
+    seed: Annotated[int, typer.Option(help="World and training seed.")] = 1,
+    quiet: Quiet = False,
+) -> None:
+    """The main job: simulate a world, log random exposure, train GenCO (and its ablations), compare with baselines."""
+    from genco.demo import run_demo
+
+    console.set_quiet(quiet)
+    run_demo(out, quick=quick, seed=seed)
+
+
+@app.command()
 def simulate(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write logs.jsonl, requests.jsonl and the ground truth to.")],
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same world and logs.")] = 1,
@@ -138,6 +152,86 @@ def evaluate(
 
     figures = evaluate_files(world, selections, requests)
     print(json.dumps(figures))
+
+
+@app.command()
+def train(
+    logs: Annotated[Path, typer.Option(help="Log rows (a file or a folder): impressions with shown and click.")],
+    out: Annotated[Path, typer.Option(help="Model folder to write (weights, config, curves).")],
+    epochs: Annotated[int, typer.Option(help="At most this many passes over the logs (early stopping may stop sooner).")] = 12,
+    seed: Annotated[int, typer.Option(help="Random seed (split, initialisation, sampling).")] = 0,
+    no_attention: Annotated[bool, typer.Option("--no-attention", help="Ablation: uniform cross-component attention.")] = False,
+    no_mil: Annotated[bool, typer.Option("--no-mil", help="Ablation: combination loss only, no element-level term.")] = False,
+    no_rl: Annotated[bool, typer.Option("--no-rl", help="Ablation: no policy-gradient term.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Impressions per step.")] = 512,
+    lr: Annotated[float, typer.Option(help="Learning rate (halved after every epoch by default).")] = 3e-3,
+    k: Annotated[int, typer.Option("--k", help="Combinations sampled per context for the policy gradient.")] = 8,
+    rl_weight: Annotated[float, typer.Option(help="lambda, the weight of the policy-gradient term.")] = 0.15,
+    holdout: Annotated[float, typer.Option(help="Share of logs held out for AUC, log loss and early stopping.")] = 0.1,
+    dim: Annotated[int, typer.Option(help="Element embedding width.")] = 32,
+    context_dim: Annotated[int, typer.Option(help="Context embedding width (the paper uses 8).")] = 8,
+    on_bad_row: OnBadRow = OnBadRowChoice.error,
+    quiet: Quiet = False,
+) -> None:
+    """Train the generator and the multi-instance reward model from logs; write a model folder."""
+    from genco.model import ModelConfig
+    from genco.train import TrainConfig, read_logs, save_trained, train as run
+
+    console.set_quiet(quiet)
+    if not 0 <= holdout < 1:
+        raise GencoInputError("--holdout must be in [0, 1)")
+    data, report = read_logs(logs, on_bad_row=on_bad_row.value)
+    if data.click.sum() == 0:
+        raise GencoInputError(f"{logs}: no clicks in {len(data)} rows: nothing to learn from")
+    model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention)
+    train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
+                               holdout=holdout, mil=not no_mil, rl=not no_rl)
+    note(f"training on {len(data)} impressions ({int(data.click.sum())} clicks), components: {', '.join(data.schema.components)}")
+    result = run(data, model_config, train_config)
+    save_trained(result, out, train_config, {"logs": str(logs), "skipped_rows": dict(report.skipped)})
+    summary = result.summary()
+    out_line = {k: summary[k] for k in ("best_epoch", "heldout_auc", "heldout_logloss", "train_seconds", "impressions_per_second")}
+    console.out.print(f"wrote {out}: " + json.dumps(out_line))
+
+
+@app.command()
+def select(
+    model: Annotated[Path, typer.Option(help="A model folder written by `genco train`.")],
+    requests: Annotated[Path, typer.Option(help="Request rows (a file or a folder).")],
+    out: Annotated[Path, typer.Option(help="Selection rows to write, one per request, same order.")],
+    greedy: Annotated[bool, typer.Option("--greedy/--explore", help="Greedy: the best combination found (propensity 1). Explore: a sample from the policy with its propensity.")] = False,
+    k: Annotated[int, typer.Option("--k", help="Combinations sampled and scored per request (greedy mode).")] = 16,
+    refine_passes: Annotated[int, typer.Option(help="Coordinate-ascent passes on the reward model after sampling (greedy mode).")] = 2,
+    epsilon: Annotated[float, typer.Option(help="Explore mode: share of uniform exploration per component.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed for sampling.")] = 0,
+    on_bad_row: OnBadRow = OnBadRowChoice.error,
+    quiet: Quiet = False,
+) -> None:
+    """Choose one combination per request: generate K, score with the reward model, answer the best (or explore)."""
+    from genco.checkpoint import load_model
+    from genco.select import SelectConfig, select_file
+
+    console.set_quiet(quiet)
+    if k < 0 or refine_passes < 0 or not 0 <= epsilon <= 1:
+        raise GencoInputError("--k and --refine-passes must be >= 0 and --epsilon in [0, 1]")
+    loaded, _ = load_model(model)
+    config = SelectConfig(k=k, refine_passes=refine_passes, epsilon=epsilon)
+    report = select_file(loaded, requests, out, greedy=greedy, config=config, seed=seed, on_bad_row=on_bad_row.value)
+    note(f"wrote {report.rows} selections to {out}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="A model folder written by `genco train`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve selections over HTTP: POST /v1/select, GET /healthz, GET /metrics (CONTRACT.md section 3)."""
+    import uvicorn
+
+    from genco.serve import create_app
+
+    uvicorn.run(create_app(model), host=host, port=port, log_level="info")
 
 
 def main() -> None:

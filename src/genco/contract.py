@@ -42,6 +42,7 @@ RULES: dict[str, str] = {
     "revenue-negative": "revenue must be a number >= 0",
     "feature-length": "feature vectors must have the same length in every row of a data set",
     "duplicate-request-id": "request_id must be unique within a file",
+    "unknown-component": "a request has a component the model was not trained on",
     "unknown-request": "a selection names a request_id that is not among the requests",
     "selection-components": "a selection must pick one element for every component of its request, and no others",
     "selection-not-candidate": "a selected id must be one of that component's candidates",

@@ -11,7 +11,9 @@ Two steps, so that a large log never lives in memory as Python objects:
 
 from __future__ import annotations
 
+import gc
 import hashlib
+from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -45,36 +47,22 @@ class FeatureSchema:
     id_buckets: int = 1 << 16
     ad_buckets: int = 1 << 14
 
-    @classmethod
-    def from_rows(cls, rows: Iterable[Request], **buckets: int) -> "FeatureSchema":
-        components: dict[str, int] = {}
-        user_dim = ad_dim = None
-        for row in rows:
-            user_dim = len(row.user) if user_dim is None else user_dim
-            if row.ad is not None and ad_dim is None:
-                ad_dim = len(row.ad)
-            for name, candidates in row.components.items():
-                components.setdefault(name, len(candidates[0].features))
-        if user_dim is None:
-            raise GencoInputError("no rows to learn from")
-        return cls(list(components), user_dim, ad_dim or 0, components, **buckets)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def check(self, row: Request) -> str | None:
-        """Why `row` does not fit this schema, or None if it does."""
+    def check(self, row: Request) -> tuple[str, str] | None:
+        """Why `row` does not fit this schema, as (contract rule, detail); None if it does."""
         if len(row.user) != self.user_dim:
-            return f"user has length {len(row.user)}, the model was trained with {self.user_dim}"
+            return "feature-length", f"user has length {len(row.user)}, the model was trained with {self.user_dim}"
         if row.ad is not None and len(row.ad) != self.ad_dim:
-            return f"ad has length {len(row.ad)}, the model was trained with {self.ad_dim}"
+            return "feature-length", f"ad has length {len(row.ad)}, the model was trained with {self.ad_dim}"
         for name, candidates in row.components.items():
             if name not in self.feature_dims:
-                return f"component {name!r} was not in the training logs (known: {', '.join(self.components)})"
+                return "unknown-component", f"component {name!r} was not in the training logs (known: {', '.join(self.components)})"
             want = self.feature_dims[name]
             for element in candidates:
                 if len(element.features) != want:
-                    return f"{name!r} element {element.id!r} has {len(element.features)} features, the model expects {want}"
+                    return "feature-length", f"{name!r} element {element.id!r} has {len(element.features)} features, the model expects {want}"
         return None
 
 
@@ -139,30 +127,54 @@ class EncodedRows:
 
 
 class Encoder:
-    """Accumulates rows into columns; `finish()` returns EncodedRows. Rows must fit the schema."""
+    """Accumulates rows into columns; `finish()` returns EncodedRows.
 
-    def __init__(self, schema: FeatureSchema):
-        self.schema = schema
-        self.columns = {name: ComponentColumn() for name in schema.components}
+    With a schema (serving a trained model) every row must fit it. Without one (reading training logs) the
+    schema is learned from the rows: components in order of first appearance, lengths from the first row
+    that shows them (the contract's reader has already checked that every row agrees).
+    """
+
+    def __init__(self, schema: FeatureSchema | None = None, *, id_buckets: int = 1 << 16, ad_buckets: int = 1 << 14):
+        self.fixed = schema is not None
+        self.schema = schema or FeatureSchema([], -1, -1, {}, id_buckets=id_buckets, ad_buckets=ad_buckets)
+        self.columns = {name: ComponentColumn() for name in self.schema.components}
         self.request_ids: list[str] = []
         self.ad_ids: list[str] = []
         self.user: list[list[float]] = []
-        self.ad: list[list[float]] = []
+        self.ad: list[list[float] | None] = []
         self.click: list[int] = []
         self.propensity: list[float] = []
         self.revenue: list[float] = []
         self._has_logs = False
 
+    def _learn(self, row: Request) -> None:
+        s = self.schema
+        if s.user_dim < 0:
+            s.user_dim = len(row.user)
+        if row.ad is not None and s.ad_dim < 0:
+            s.ad_dim = len(row.ad)
+        for name, candidates in row.components.items():
+            if name not in self.columns:
+                s.components.append(name)
+                s.feature_dims[name] = len(candidates[0].features)
+                column = self.columns[name] = ComponentColumn()
+                column.offsets = [0] * (len(self.request_ids) + 1)  # earlier rows lack it
+                column.shown = [-1] * len(self.request_ids)
+
     def add(self, row: Request) -> None:
-        problem = self.schema.check(row)
-        if problem:
-            raise GencoInputError(f"request {row.request_id!r}: {problem}")
+        if self.fixed:
+            problem = self.schema.check(row)
+            if problem:
+                raise GencoInputError(f"request {row.request_id!r}: rule {problem[0]}: {problem[1]}")
+        else:
+            self._learn(row)
         self.request_ids.append(row.request_id)
         self.ad_ids.append(row.ad_id)
         self.user.append(row.user)
-        self.ad.append(row.ad if row.ad is not None else [0.0] * self.schema.ad_dim)
+        self.ad.append(row.ad)
         is_log = isinstance(row, LogRow)
         self._has_logs |= is_log
+        buckets = self.schema.id_buckets
         for name, column in self.columns.items():
             candidates = row.components.get(name)
             if candidates is None:
@@ -171,19 +183,26 @@ class Encoder:
                 continue
             shown_id = row.shown[name] if is_log else None
             shown_at = -1
+            members = column.members
             for position, element in enumerate(candidates):
-                column.members.append(column.entry(name, element.id, element.features, self.schema.id_buckets))
+                members.append(column.entry(name, element.id, element.features, buckets))
                 if element.id == shown_id:
                     shown_at = position
-            column.offsets.append(len(column.members))
+            column.offsets.append(len(members))
             column.shown.append(shown_at)
         if is_log:
             self.click.append(row.click)
             self.propensity.append(np.nan if row.propensity is None else row.propensity)
             self.revenue.append(np.nan if row.revenue is None else row.revenue)
 
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
     def finish(self) -> EncodedRows:
         s = self.schema
+        if s.user_dim < 0:
+            raise GencoInputError("no rows to encode")
+        s.ad_dim = max(s.ad_dim, 0)
         n = len(self.request_ids)
         columns = {}
         for name, c in self.columns.items():
@@ -194,13 +213,14 @@ class Encoder:
                 "members": np.asarray(c.members, dtype=np.int32),
                 "shown": np.asarray(c.shown, dtype=np.int32),
             }
+        zeros = [0.0] * s.ad_dim
         ad_bucket = np.asarray([stable_hash(a) % s.ad_buckets for a in self.ad_ids], dtype=np.int64)
         logs = self._has_logs
         return EncodedRows(
             schema=s,
             request_ids=self.request_ids,
             user=np.asarray(self.user, dtype=np.float32).reshape(n, s.user_dim),
-            ad=np.asarray(self.ad, dtype=np.float32).reshape(n, s.ad_dim),
+            ad=np.asarray([zeros if a is None else a for a in self.ad], dtype=np.float32).reshape(n, s.ad_dim),
             ad_bucket=ad_bucket,
             ad_ids=self.ad_ids,
             columns=columns,
@@ -211,11 +231,29 @@ class Encoder:
         )
 
 
-def encode(rows: Iterable[Request], schema: FeatureSchema) -> EncodedRows:
-    encoder = Encoder(schema)
-    for row in rows:
-        encoder.add(row)
+def encode(rows: Iterable[Request], schema: FeatureSchema | None = None, **buckets: int) -> EncodedRows:
+    """Encode rows; with no schema, learn it from the rows (training), else check every row against it (serving)."""
+    encoder = Encoder(schema, **buckets)
+    with gc_paused():
+        for row in rows:
+            encoder.add(row)
     return encoder.finish()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building large lists of small objects.
+
+    Encoding allocates millions of long-lived objects; the collector would rescan them again and again
+    (several times slower) while finding nothing to free, since nothing here forms cycles.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -314,15 +352,12 @@ def stream_batches(rows: Iterable[Request], schema: FeatureSchema, batch_size: i
         yield data, collate(data, np.arange(len(data)))
 
 
-def decode_choice(data: EncodedRows, batch: Batch, choice: torch.Tensor) -> list[dict[str, str]]:
-    """Turn (B, M) chosen positions (-1: component absent) into {component: element id} per row."""
-    chosen = choice.cpu().numpy()
-    out: list[dict[str, str]] = [{} for _ in range(batch.size)]
+def selections_at(data: EncodedRows, rows: np.ndarray, positions: np.ndarray) -> list[dict[str, str]]:
+    """Chosen positions (n, M) within each component's candidates (-1: absent) -> {component: element id} per row."""
+    out: list[dict[str, str]] = [{} for _ in range(len(rows))]
     for m, name in enumerate(data.schema.components):
-        ids = data.element_ids[name]
-        entries = batch.element_index[m]
-        for b in range(batch.size):
-            j = chosen[b, m]
-            if j >= 0:
-                out[b][name] = ids[entries[b, j]]
+        column, ids = data.columns[name], data.element_ids[name]
+        chosen = positions[:, m]
+        for k in np.flatnonzero(chosen >= 0):
+            out[k][name] = ids[column["members"][column["offsets"][rows[k]] + chosen[k]]]
     return out

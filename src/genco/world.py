@@ -75,12 +75,12 @@ class WorldConfig:
     ad_dim: int = 3
     revenue: bool = False
     cold_share: float = 0.0  # share of elements never shown in the logs (they appear in requests only)
-    base_logit: float = -4.0
+    base_logit: float = -3.7
     popularity_exponent: float = 1.0
-    feature_noise: float = 0.35
-    idiosyncratic_share: float = 0.3  # share of quality variance that features cannot see
-    personalisation: float = 0.1
-    edge_scale: float = 0.07
+    feature_noise: float = 0.2
+    idiosyncratic_share: float = 0.2  # share of quality variance that features cannot see
+    personalisation: float = 0.08
+    edge_scale: float = 0.1
 
     def validate(self) -> None:
         problems = []

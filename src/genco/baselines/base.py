@@ -1,0 +1,82 @@
+"""One small interface for every policy genco compares: fit on logs, choose for requests.
+
+    policy.fit(logs)                                  # EncodedRows of log rows (random exposure or served traffic)
+    choices = policy.choose(requests, greedy=True)    # EncodedRows of request rows -> Choices
+
+`greedy=True` answers the policy's best guess (propensity 1); `greedy=False` explores and reports the
+propensity of what it served, so that the served traffic can be logged and fitted again (closed loop).
+Positions are within each component's candidate list, -1 where a request lacks the component.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import numpy as np
+
+from genco.data import EncodedRows, selections_at
+from genco.select import Choices
+
+
+class Policy(ABC):
+    name: str = "policy"
+
+    @abstractmethod
+    def fit(self, logs: EncodedRows) -> "Policy":
+        """Learn from logs; calling it again with more logs refits (the closed loop's retrain step)."""
+
+    @abstractmethod
+    def choose(self, requests: EncodedRows, *, greedy: bool = True, seed: int = 0) -> Choices:
+        """One combination per request."""
+
+
+def choices(requests: EncodedRows, positions: np.ndarray, score: np.ndarray | None = None,
+            propensity: np.ndarray | None = None) -> Choices:
+    """Wrap chosen positions (n, M) into Choices with their element ids."""
+    n = len(requests)
+    rows = np.arange(n)
+    return Choices(
+        positions=positions,
+        score=np.full(n, np.nan) if score is None else score,
+        propensity=np.ones(n) if propensity is None else propensity,
+        selections=selections_at(requests, rows, positions),
+    )
+
+
+def candidate_lists(data: EncodedRows, component: str) -> Iterator[tuple[int, np.ndarray]]:
+    """(row, element-table entries of that row's candidates) for every row that has the component."""
+    column = data.columns[component]
+    offsets, members = column["offsets"], column["members"]
+    for r in range(len(data)):
+        a, b = offsets[r], offsets[r + 1]
+        if b > a:
+            yield r, members[a:b]
+
+
+def shown_entries(logs: EncodedRows, component: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows that have the component, element-table entry shown in each)."""
+    column = logs.columns[component]
+    rows = np.flatnonzero(column["shown"] >= 0)
+    return rows, column["members"][column["offsets"][rows] + column["shown"][rows]]
+
+
+def uniform_positions(requests: EncodedRows, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A uniformly random combination per request and its propensity."""
+    counts = np.stack([requests.candidate_counts(name) for name in requests.schema.components], axis=1)  # (n, M)
+    positions = np.where(counts > 0, np.floor(rng.random(counts.shape) * np.maximum(counts, 1)).astype(int), -1)
+    propensity = np.prod(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 1.0), axis=1)
+    return positions, propensity
+
+
+class RandomPolicy(Policy):
+    """Uniform random exposure: the floor every other policy is measured against."""
+
+    name = "random"
+
+    def fit(self, logs: EncodedRows) -> "RandomPolicy":
+        return self
+
+    def choose(self, requests: EncodedRows, *, greedy: bool = True, seed: int = 0) -> Choices:
+        positions, propensity = uniform_positions(requests, np.random.default_rng(seed))
+        return choices(requests, positions, propensity=propensity)

@@ -1,0 +1,89 @@
+"""The model folder: weights (safetensors), and the config and feature schema needed to serve them.
+
+    MODEL/model.safetensors   the weights
+    MODEL/genco.json          format version, feature schema, model and training config, held-out metrics
+    MODEL/history.json        per-epoch training and held-out figures
+    MODEL/training_curve.png  the same, as a picture
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from genco.data import FeatureSchema
+from genco.errors import GencoInputError
+from genco.files import atomic_write_bytes
+from genco.model import GenCO, ModelConfig
+
+FORMAT = "genco-model"
+VERSION = 1
+
+
+def save_model(model: torch.nn.Module, directory: str | Path, extra: dict[str, Any]) -> None:
+    """Write the weights and metadata; each file is written atomically, genco.json last (it marks completeness)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / ".model.safetensors.tmp"
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp))
+    tmp.replace(directory / "model.safetensors")
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": type(model).__name__,
+        "schema": model.schema.to_dict(),
+        "model_config": model.config.to_dict(),
+        **extra,
+    }
+    atomic_write_bytes(directory / "genco.json", json.dumps(meta, indent=2).encode())
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise GencoInputError(f"{directory}: no such model folder")
+    try:
+        meta = json.loads((directory / "genco.json").read_text())
+    except FileNotFoundError:
+        raise GencoInputError(f"{directory}: not a genco model folder (genco.json is missing)") from None
+    except ValueError as exc:
+        raise GencoInputError(f"{directory}/genco.json: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise GencoInputError(f"{directory}/genco.json: not a genco model description")
+    if meta.get("version") != VERSION:
+        raise GencoInputError(f"{directory}: model format version {meta.get('version')}, this genco reads {VERSION}")
+    return meta
+
+
+def load_model(directory: str | Path) -> tuple[GenCO, dict[str, Any]]:
+    """The model in eval mode and its metadata; a clear GencoInputError for anything wrong with the folder."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    try:
+        schema = FeatureSchema(**meta["schema"])
+        config = ModelConfig(**meta["model_config"])
+        cls = MODEL_KINDS[meta.get("kind", "GenCO")]
+    except (KeyError, TypeError) as exc:
+        raise GencoInputError(f"{directory}/genco.json: incomplete or unknown model description ({exc})") from None
+    model = cls(schema, config)
+    try:
+        state = load_file(str(directory / "model.safetensors"))
+    except FileNotFoundError:
+        raise GencoInputError(f"{directory}: model.safetensors is missing") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise GencoInputError(f"{directory}/model.safetensors: unreadable ({exc})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise GencoInputError(f"{directory}/model.safetensors: weights do not fit genco.json ({str(exc).splitlines()[0]})") from None
+    model.eval()
+    return model, meta
+
+
+MODEL_KINDS: dict[str, type[GenCO]] = {"GenCO": GenCO}

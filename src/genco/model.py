@@ -1,0 +1,274 @@
+"""GenCO: a non-autoregressive generator and a multi-instance reward model sharing one policy network phi.
+
+Shapes: B rows, T candidate slots (all components side by side, see genco.data.Batch), M components,
+K combinations per row, d element width, C context width.
+
+    context encoder       user, ad features, hashed ad id             -> h (B, C), product appeal (B,)
+    element encoder       features + component (+ hashed id)          -> e (B, T, d), id effect (B, T)
+    generator             cross-component attention over all candidates of the request -> a (B, T, d)
+                          s = phi(h, e, a); pi = softmax(sharpness_m * s) within each component;
+                          K combinations sampled in parallel, every component at once (non-autoregressive)
+    reward model          bag = one combination, instances = its elements;
+                          attention among the chosen elements -> a_bag; instance scores s_m = phi(h, e_m, a_bag_m)
+                          (the same phi); creative logit = sum_m alpha_m s_m (MIL attention pooling);
+                          P(click) = sigmoid(appeal + creative)
+
+The product's own appeal lives in `appeal`, apart from the creative part, so that a popular product's clicks
+are not credited to whatever creatives it happened to show, and the policy gradient is rewarded with the
+creative part alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from genco.data import Batch, FeatureSchema
+
+
+@dataclass
+class ModelConfig:
+    context_dim: int = 8  # h_i, as in the paper
+    dim: int = 32  # element embeddings and attention
+    heads: int = 2
+    hidden: int = 64  # phi's deep part
+    dropout: float = 0.1
+    attention: bool = True  # False: uniform attention weights and uniform pooling (the paper's ablation)
+    element_ids: bool = True  # False: elements are known by their features and component only
+    ad_ids: bool = True  # False: products are known by their features only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Encoded:
+    """A batch after the encoders: everything the generator and the reward model need, computed once."""
+
+    h: torch.Tensor  # (B, C) context
+    appeal: torch.Tensor  # (B,) logit of the product and user, without creatives
+    e: torch.Tensor  # (B, T, d) elements
+    effect: torch.Tensor  # (B, T) each element's own effect, from its hashed id (zero when ids are off)
+    mask: torch.Tensor  # (B, T) real candidates
+    slices: list[tuple[int, int]]  # component m owns slots [a, b)
+    slot_component: torch.Tensor  # (T,) component of each slot
+
+    def detached(self) -> "Encoded":
+        return Encoded(self.h.detach(), self.appeal.detach(), self.e.detach(), self.effect.detach(), self.mask,
+                       self.slices, self.slot_component)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of every item over the valid items of its set; uniform weights when not learned.
+
+    Besides content (query . key), each head learns a bias per pair of components (which components
+    interact at all: title with image, image with badge, ...), as relative-position biases do in text.
+    """
+
+    def __init__(self, dim: int, heads: int, components: int, learned: bool):
+        super().__init__()
+        self.heads, self.learned = heads, learned
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.pair_bias = nn.Parameter(torch.zeros(heads, components, components))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor) -> torch.Tensor:
+        N, L, d = x.shape  # x (N, L, d), mask (N, L), component (L,): the component of each item
+        q, k, v = self.qkv(x).view(N, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (N, H, L, dh) each
+        if self.learned:
+            logits = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (N, H, L, L)
+            logits = logits + self.pair_bias[:, component][:, :, component]  # (H, L, L) broadcast over N
+        else:
+            logits = x.new_zeros(N, self.heads, L, L)
+        logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a set with no valid item attends to nothing
+        return self.out((weights @ v).transpose(1, 2).reshape(N, L, d))  # (N, L, d)
+
+
+class _NoFeatures(nn.Module):
+    """The projection of a component whose elements have no features: nothing (its embedding carries it)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.new_zeros(*features.shape[:-1], self.dim)
+
+
+def _projection(features: int, dim: int) -> nn.Module:
+    return nn.Linear(features, dim) if features > 0 else _NoFeatures(dim)
+
+
+class Phi(nn.Module):
+    """The shared policy network: the score of element e in context h, given what it attends to (a).
+
+    Wide and deep. The wide part is linear in the element, bilinear in context x element (personalisation)
+    and in element x attention (pairs of elements): the effects clicks carry, in a form that sparse feedback
+    can estimate. The deep part (an MLP, starting at zero) learns what remains.
+    """
+
+    def __init__(self, C: int, d: int, hidden: int, dropout: float):
+        super().__init__()
+        self.element = nn.Linear(d, 1)
+        self.context = nn.Linear(C, d, bias=False)
+        self.pair = nn.Linear(d, d, bias=False)
+        self.deep = nn.Sequential(nn.Linear(C + 2 * d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.deep[-1].weight)
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor, a: torch.Tensor, effect: torch.Tensor) -> torch.Tensor:
+        """(..., C), (..., d), (..., d), (...) -> (...)"""
+        wide = self.element(e).squeeze(-1) + (self.context(h) * e).sum(-1) + (self.pair(e) * a).sum(-1)
+        return wide + self.deep(torch.cat([h, e, a], dim=-1)).squeeze(-1) + effect
+
+
+class GenCO(nn.Module):
+    def __init__(self, schema: FeatureSchema, config: ModelConfig | None = None):
+        super().__init__()
+        self.schema, self.config = schema, config or ModelConfig()
+        c = self.config
+        d, C, U, A, M = c.dim, c.context_dim, schema.user_dim, schema.ad_dim, len(schema.components)
+        # context encoder (linear plus a small MLP, so that h . e stays bilinear in user x element) and appeal
+        self.ad_embedding = nn.Embedding(schema.ad_buckets, C)
+        self.context = nn.Linear(U + A + C, C)
+        self.context_mlp = nn.Sequential(nn.Linear(U + A + C, 2 * C), nn.ReLU(), nn.Linear(2 * C, C))
+        self.ad_appeal = nn.Embedding(schema.ad_buckets, 1)
+        self.appeal = nn.Linear(U + A, 1)
+        # element encoder: one feature projection per component (feature lengths differ)
+        self.feature_proj = nn.ModuleList(_projection(schema.feature_dims[m], d) for m in schema.components)
+        self.component = nn.Embedding(M, d)
+        self.element_effect = nn.Embedding(schema.id_buckets, 1)  # what the features cannot see, per element
+        # generator: cross-component attention over every candidate, and how peaked pi is per component.
+        # The policy gradient can sharpen pi here instead of inflating the scores phi shares with the reward model.
+        self.generator_attention = CrossAttention(d, c.heads, M, learned=c.attention)
+        self.log_sharpness = nn.Parameter(torch.zeros(M))
+        self.phi = Phi(C, d, c.hidden, c.dropout)
+        # reward model: attention among the chosen elements, MIL attention pooling into the bag logit
+        self.bag_attention = CrossAttention(d, c.heads, M, learned=c.attention)
+        self.pool = nn.Sequential(nn.Linear(2 * d, d), nn.Tanh(), nn.Linear(d, 1))
+        self.element_bias = nn.Parameter(torch.zeros(()))
+        nn.init.zeros_(self.element_effect.weight)
+        nn.init.zeros_(self.ad_appeal.weight)
+        nn.init.zeros_(self.pool[-1].weight)  # pooling starts uniform
+        nn.init.constant_(self.appeal.bias, -3.0)  # clicks are rare: start near a few percent
+
+    # -- encoders ------------------------------------------------------------------------------------------------
+
+    def encode(self, batch: Batch) -> Encoded:
+        context_in = torch.cat([batch.user, batch.ad], dim=1)  # (B, U + A)
+        appeal = self.appeal(context_in).squeeze(1)  # (B,)
+        ad = batch.user.new_zeros(batch.size, self.config.context_dim)
+        if self.config.ad_ids:
+            ad = self.ad_embedding(batch.ad_bucket)  # (B, C)
+            appeal = appeal + self.ad_appeal(batch.ad_bucket).squeeze(1)
+        h_in = torch.cat([context_in, ad], dim=1)
+        h = self.context(h_in) + self.context_mlp(h_in)  # (B, C)
+        e = torch.cat([proj(f) for proj, f in zip(self.feature_proj, batch.features)], dim=1)  # (B, T, d)
+        e = e + self.component(batch.slot_component)
+        if self.config.element_ids:
+            effect = self.element_effect(batch.element_bucket).squeeze(-1)  # (B, T)
+        else:
+            effect = torch.zeros(batch.mask.shape)
+        return Encoded(h=h, appeal=appeal, e=e, effect=effect, mask=batch.mask, slices=batch.slices,
+                       slot_component=batch.slot_component)
+
+    # -- generator -----------------------------------------------------------------------------------------------
+
+    def policy_scores(self, enc: Encoded, generator_only: bool = False) -> torch.Tensor:
+        """Preference score of every candidate, all components in one pass: (B, T).
+
+        generator_only: gradients reach the generator's own parameters (its attention, the sharpness) and
+        not phi or the encoders, which the reward model uses too. The policy gradient trains this way: if it
+        could move phi it would raise the very rewards it is chasing (held-out log loss then diverges).
+        """
+        if generator_only:
+            enc = enc.detached()
+        a = self.generator_attention(enc.e, enc.mask, enc.slot_component)  # (B, T, d)
+        h = enc.h.unsqueeze(1).expand(-1, enc.e.shape[1], -1)  # (B, T, C)
+        if generator_only:
+            frozen = {name: p.detach() for name, p in self.phi.named_parameters()}
+            return functional_call(self.phi, frozen, (h, enc.e, a, enc.effect))
+        return self.phi(h, enc.e, a, enc.effect)
+
+    def log_pi(self, scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """log pi(j | m): a masked log-softmax within each component's slots. (B, T); -inf on padding."""
+        parts = []
+        sharpness = self.log_sharpness.exp()
+        for m, (a, b) in enumerate(enc.slices):
+            valid = enc.mask[:, a:b]
+            s = (sharpness[m] * scores[:, a:b]).masked_fill(~valid, float("-inf"))
+            absent = ~valid.any(dim=1, keepdim=True)  # rows without this component: avoid NaN
+            parts.append(torch.log_softmax(s.masked_fill(absent, 0.0), dim=1).masked_fill(~valid, float("-inf")))
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def sample(log_pi: torch.Tensor, enc: Encoded, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """K combinations per row, every component drawn in parallel (Gumbel-max). (B, K, M) positions, -1 absent."""
+        B = log_pi.shape[0]
+        picks = []
+        for a, b in enc.slices:
+            if b == a:
+                picks.append(torch.full((B, k), -1, dtype=torch.long))
+                continue
+            u = torch.rand((B, k, b - a), generator=generator).clamp_(1e-12, 1 - 1e-12)
+            noisy = log_pi[:, None, a:b] - torch.log(-torch.log(u))  # (B, K, N_m)
+            present = enc.mask[:, a:b].any(dim=1)  # (B,)
+            picks.append(torch.where(present[:, None], noisy.argmax(dim=-1), -1))
+        return torch.stack(picks, dim=-1)
+
+    @staticmethod
+    def greedy(log_pi: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """The most likely element of every component: (B, M) positions, -1 absent."""
+        picks = []
+        for a, b in enc.slices:
+            if b == a:
+                picks.append(torch.full((log_pi.shape[0],), -1, dtype=torch.long))
+                continue
+            present = enc.mask[:, a:b].any(dim=1)
+            picks.append(torch.where(present, log_pi[:, a:b].argmax(dim=1), -1))
+        return torch.stack(picks, dim=-1)
+
+    @staticmethod
+    def slots(combos: torch.Tensor, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions within components (..., M) -> slot indices (..., M) and presence (..., M)."""
+        starts = torch.tensor([a for a, _ in enc.slices], dtype=torch.long)
+        present = combos >= 0
+        slot = (starts + combos.clamp(min=0)).clamp(max=max(enc.e.shape[1] - 1, 0))
+        return slot, present
+
+    @classmethod
+    def combo_log_pi(cls, log_pi: torch.Tensor, combos: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """log pi of whole combinations: (B, K, M) -> (B, K), the sum over present components."""
+        B, K, M = combos.shape
+        slot, present = cls.slots(combos, enc)
+        picked = log_pi.gather(1, slot.view(B, K * M)).view(B, K, M)
+        return picked.masked_fill(~present, 0.0).sum(dim=-1)
+
+    # -- multi-instance reward model -----------------------------------------------------------------------------
+
+    def reward(self, enc: Encoded, combos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Score combinations (B, K, M) -> creative logit (B, K), instance scores (B, K, M), presence (B, K, M)."""
+        B, K, M = combos.shape
+        d = enc.e.shape[-1]
+        slot, present = self.slots(combos, enc)
+        e = enc.e.gather(1, slot.view(B, K * M, 1).expand(-1, -1, d)).view(B, K, M, d)  # (B, K, M, d)
+        a = self.bag_attention(e.view(B * K, M, d), present.view(B * K, M), torch.arange(M)).view(B, K, M, d)  # among the chosen
+        h = enc.h[:, None, None, :].expand(-1, K, M, -1)  # (B, K, M, C)
+        effect = enc.effect.gather(1, slot.view(B, K * M)).view(B, K, M)
+        s = self.phi(h, e, a, effect)  # (B, K, M) instance scores from the shared phi
+        if self.config.attention:
+            pool = self.pool(torch.cat([e, a], dim=-1)).squeeze(-1).masked_fill(~present, float("-inf"))
+            alpha = torch.softmax(pool, dim=-1).nan_to_num(0.0) * present.sum(dim=-1, keepdim=True)  # mean 1
+        else:
+            alpha = present.float()  # uniform: the bag logit is the plain sum of instance scores
+        creative = (alpha * s).masked_fill(~present, 0.0).sum(dim=-1)  # (B, K)
+        return creative, s, present
+
+    def click_logit(self, enc: Encoded, combos: torch.Tensor) -> torch.Tensor:
+        """Full P(click) logit of combinations (B, K, M): appeal + creative part. (B, K)"""
+        creative, _, _ = self.reward(enc, combos)
+        return enc.appeal[:, None] + creative

@@ -1,0 +1,87 @@
+"""Every policy genco can run side by side, by name: GenCO, its ablations, and the baselines.
+
+`make_policy("genco-no-rl", seed=1)` returns an object with the `Policy` interface (genco.baselines.base).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from genco.baselines.base import Policy, RandomPolicy
+from genco.baselines.counting import ElementCounting
+from genco.data import EncodedRows
+from genco.model import GenCO, ModelConfig
+from genco.select import Choices, SelectConfig, choose
+from genco.train import TrainConfig, TrainResult, train
+
+
+class GenCOPolicy(Policy):
+    """GenCO behind the shared interface: fit = train on the logs, choose = generate K, score, refine."""
+
+    def __init__(self, name: str = "genco", model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+                 select_config: SelectConfig | None = None):
+        self.name = name
+        self.model_config = model_config or ModelConfig()
+        self.train_config = train_config or TrainConfig()
+        self.select_config = select_config or SelectConfig()
+        self.model: GenCO | None = None
+        self.result: TrainResult | None = None
+
+    def fit(self, logs: EncodedRows) -> "GenCOPolicy":
+        self.result = train(logs, self.model_config, self.train_config)
+        self.model = self.result.model
+        return self
+
+    def choose(self, requests: EncodedRows, *, greedy: bool = True, seed: int = 0) -> Choices:
+        assert self.model is not None, "fit first"
+        return choose(self.model, requests, greedy=greedy, config=self.select_config, seed=seed)
+
+
+GENCO_VARIANTS: dict[str, dict] = {
+    "genco": {},
+    "genco-no-attention": {"attention": False},
+    "genco-no-mil": {"mil": False},
+    "genco-no-rl": {"rl": False},
+    "genco-sampling-only": {"refine_passes": 0},
+}
+
+
+def make_genco(name: str, *, seed: int = 0, epochs: int | None = None, **overrides) -> GenCOPolicy:
+    """A GenCO variant by name; `overrides` set ModelConfig / TrainConfig / SelectConfig fields by name."""
+    settings = {**GENCO_VARIANTS[name], **overrides}
+    model_config, train_config, select_config = ModelConfig(), TrainConfig(seed=seed), SelectConfig()
+    if epochs is not None:
+        train_config.epochs = epochs
+    for key, value in settings.items():
+        target = next((c for c in (model_config, train_config, select_config) if hasattr(c, key)), None)
+        if target is None:
+            raise KeyError(f"unknown setting {key!r}")
+        setattr(target, key, value)
+    return GenCOPolicy(name, model_config, train_config, select_config)
+
+
+BASELINES: dict[str, Callable[..., Policy]] = {
+    "random": lambda seed=0, **_: RandomPolicy(),
+    "counting": lambda seed=0, **_: ElementCounting(),
+    "independent-ts": lambda seed=0, **_: ElementCounting(thompson=True),
+}
+
+
+def policy_names() -> list[str]:
+    return list(BASELINES) + list(GENCO_VARIANTS)
+
+
+def make_policy(name: str, *, seed: int = 0, **options) -> Policy:
+    if name in GENCO_VARIANTS:
+        return make_genco(name, seed=seed, **options)
+    if name in BASELINES:
+        return BASELINES[name](seed=seed, **options)
+    raise KeyError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
+
+
+def timed_fit(policy: Policy, logs: EncodedRows) -> float:
+    start = time.perf_counter()
+    policy.fit(logs)
+    return time.perf_counter() - start
+

@@ -1,0 +1,159 @@
+"""Serving decisions: generate K combinations, score them with the reward model, answer one.
+
+Greedy mode: the generator's most likely combination plus K samples, all scored by the reward model; the
+best is then refined by a few passes of coordinate ascent on the reward model (each component re-chosen
+given the others; cost grows with the sum of the pool sizes, never their product). Propensity 1.
+Explore mode: one combination sampled from pi mixed with a little uniform exploration per component, with
+its exact propensity, so that served traffic is a valid log for the next round of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from genco.contract import Request, Selection
+from genco.data import EncodedRows, batch_indices, collate, encode, selections_at
+from genco.model import Encoded, GenCO
+
+
+@dataclass
+class SelectConfig:
+    k: int = 16  # samples scored per request
+    refine_passes: int = 2  # coordinate-ascent passes on the reward model (0: sampling alone)
+    epsilon: float = 0.05  # explore mode: share of uniform exploration per component
+    batch_size: int = 256
+
+
+@dataclass
+class Choices:
+    """Chosen positions (n, M) within components (-1: absent), predicted P(click) and propensity per row."""
+
+    positions: np.ndarray
+    score: np.ndarray
+    propensity: np.ndarray
+    selections: list[dict[str, str]]
+
+
+def coordinate_ascent(model: GenCO, enc: Encoded, combo: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Improve (B, M) combinations on the reward model, one component at a time. Returns combo, creative logit."""
+    best, _, _ = model.reward(enc, combo[:, None, :])
+    best = best[:, 0]
+    for _ in range(passes):
+        changed = False
+        for m, (a, b) in enumerate(enc.slices):
+            width = b - a
+            if width <= 1:
+                continue
+            trial = combo[:, None, :].repeat(1, width, 1)  # (B, N_m, M): every candidate of m, others fixed
+            trial[:, :, m] = torch.arange(width)
+            creative, _, _ = model.reward(enc, trial)  # (B, N_m)
+            creative = creative.masked_fill(~enc.mask[:, a:b], float("-inf"))
+            value, pick = creative.max(dim=1)
+            better = (value > best + 1e-6) & (combo[:, m] >= 0)
+            if better.any():
+                changed = True
+                combo[better, m] = pick[better]
+                best = torch.where(better, value, best)
+        if not changed:
+            break
+    return combo, best
+
+
+@torch.no_grad()
+def choose(model: GenCO, data: EncodedRows, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> Choices:
+    """Pick one combination for every row of `data` (requests)."""
+    config = config or SelectConfig()
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    positions, scores, propensities, selections = [], [], [], []
+    for idx in batch_indices(len(data), config.batch_size):
+        batch = collate(data, idx)
+        enc = model.encode(batch)
+        log_pi = model.log_pi(model.policy_scores(enc), enc)  # (B, T)
+        if greedy:
+            candidates = torch.cat([model.greedy(log_pi, enc)[:, None, :], model.sample(log_pi, enc, config.k, generator)], dim=1)
+            creative, _, _ = model.reward(enc, candidates)  # (B, 1 + K)
+            combo = candidates[torch.arange(batch.size), creative.argmax(dim=1)]  # (B, M)
+            if config.refine_passes:
+                combo, creative_best = coordinate_ascent(model, enc, combo, config.refine_passes)
+            else:
+                creative_best = creative.max(dim=1).values
+            logit = enc.appeal + creative_best
+            propensity = torch.ones(batch.size)
+        else:
+            explore_log_pi = mix_uniform(log_pi, enc, config.epsilon)
+            combo = model.sample(explore_log_pi, enc, 1, generator)  # (B, 1, M)
+            propensity = model.combo_log_pi(explore_log_pi, combo, enc)[:, 0].exp()
+            logit = model.click_logit(enc, combo)[:, 0]
+            combo = combo[:, 0]
+        positions.append(combo.numpy())
+        scores.append(torch.sigmoid(logit).numpy())
+        propensities.append(propensity.numpy())
+        selections += selections_at(data, idx, combo.numpy())
+    return Choices(np.concatenate(positions), np.concatenate(scores), np.concatenate(propensities), selections)
+
+
+def mix_uniform(log_pi: torch.Tensor, enc: Encoded, epsilon: float) -> torch.Tensor:
+    """log of (1 - eps) * pi + eps * uniform, within each component: every candidate keeps a chance."""
+    if epsilon <= 0:
+        return log_pi
+    parts = []
+    for a, b in enc.slices:
+        valid = enc.mask[:, a:b]
+        n = valid.sum(dim=1, keepdim=True).clamp(min=1)
+        p = (1 - epsilon) * log_pi[:, a:b].exp() + epsilon / n
+        parts.append(p.log().masked_fill(~valid, float("-inf")))
+    return torch.cat(parts, dim=1)
+
+
+def select_requests(model: GenCO, requests: list[Request], *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> list[Selection]:
+    """Typed requests in, typed selections out (same order)."""
+    data = encode(requests, model.schema)
+    chosen = choose(model, data, greedy=greedy, config=config, seed=seed)
+    return [
+        Selection(request_id=r.request_id, selection=s, score=float(score), propensity=float(p))
+        for r, s, score, p in zip(requests, chosen.selections, chosen.score, chosen.propensity)
+    ]
+
+
+def select_file(model: GenCO, requests_path, out_path, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0,
+                on_bad_row: str = "error", chunk: int = 4096) -> "ReadReport":
+    """`genco select`: stream requests, answer them chunk by chunk, write selections atomically (same order).
+
+    Requests are checked against the contract and against the model (feature lengths, known components);
+    a bad one stops the run (exit 2) or, with on_bad_row="skip", gets no selection and is counted.
+    """
+    from genco import console
+    from genco.errors import BadRowError
+    from genco.files import AtomicWriter, ReadReport, read_located
+
+    report = ReadReport()
+    pending: list[Request] = []
+
+    def flush(writer: AtomicWriter) -> None:
+        for selection in select_requests(model, pending, greedy=greedy, config=config, seed=seed + writer.rows):
+            writer.write(selection)
+        pending.clear()
+
+    with AtomicWriter(out_path, "selections") as writer, console.progress("selecting", None) as bar:
+        for location, row in read_located(requests_path, "requests", on_bad_row=on_bad_row, report=report):
+            problem = model.schema.check(row)
+            if problem:
+                error = BadRowError(location, *problem)
+                if on_bad_row == "error":
+                    raise error
+                report.skip(error)
+                report.rows -= 1
+                continue
+            pending.append(row)
+            if len(pending) == chunk:
+                flush(writer)
+                bar.advance(chunk)
+        if pending:
+            flush(writer)
+    if report.skipped:
+        console.note(report.summary())
+    return report

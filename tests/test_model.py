@@ -1,0 +1,192 @@
+"""GenCO's model: masks, gradients, sampling, training beats random, save/load, bad model folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genco.checkpoint import load_model
+from genco.contract import LogRow
+from genco.data import collate, encode
+from genco.errors import GencoInputError
+from genco.evaluate import Evaluator
+from genco.files import load_requests, read_rows
+from genco.model import GenCO, ModelConfig
+from genco.select import SelectConfig, choose, mix_uniform
+from genco.train import TrainConfig, losses, save_trained, train
+from genco.world import World
+from tests.conftest import run_genco
+
+
+def _rows(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n):
+        comps = {
+            "title": [{"id": f"t{k}", "features": rng.normal(size=3).round(3).tolist()} for k in range(rng.integers(1, 6))],
+            "image": [{"id": f"i{k}", "features": rng.normal(size=2).round(3).tolist()} for k in range(rng.integers(1, 4))],
+        }
+        if r % 2:
+            comps["badge"] = [{"id": f"b{k}", "features": []} for k in range(3)]
+        shown = {name: cands[0]["id"] for name, cands in comps.items()}
+        rows.append(LogRow.model_validate({"request_id": f"r{r}", "ad_id": f"a{r % 3}", "user": rng.normal(size=2).tolist(),
+                                           "components": comps, "shown": shown, "click": int(r % 3 == 0)}))
+    return rows
+
+
+@pytest.fixture()
+def batch_and_model():
+    torch.manual_seed(0)
+    data = encode(_rows())
+    return data, collate(data, np.arange(len(data))), GenCO(data.schema, ModelConfig(dim=8, heads=2, hidden=8))
+
+
+def test_padded_candidates_are_never_chosen(batch_and_model):
+    data, batch, model = batch_and_model
+    enc = model.encode(batch)
+    log_pi = model.log_pi(model.policy_scores(enc), enc)
+    assert torch.isinf(log_pi[~batch.mask]).all() and torch.isfinite(log_pi[batch.mask]).all()
+    combos = model.sample(log_pi, enc, 500, torch.Generator().manual_seed(1))  # (B, 500, M)
+    for m, (a, b) in enumerate(batch.slices):
+        counts = batch.mask[:, a:b].sum(dim=1)
+        picks = combos[:, :, m]
+        assert ((picks < counts[:, None]) | (counts[:, None] == 0)).all()
+        assert ((picks == -1) == (counts[:, None] == 0)).all(), "absent components are never chosen"
+    greedy = model.greedy(log_pi, enc)
+    assert ((greedy >= -1) & (greedy < torch.stack([batch.mask[:, a:b].sum(1) for a, b in batch.slices], 1))).all()
+
+
+def test_padding_is_never_attended_to(batch_and_model):
+    data, batch, model = batch_and_model
+    model.eval()
+    enc = model.encode(batch)
+    before = model.policy_scores(enc)[batch.mask]
+    # Change everything about the padded slots: real slots must not notice.
+    poked = enc.e.clone()
+    poked[~batch.mask] = 100.0
+    enc.e = poked
+    after = model.policy_scores(enc)[batch.mask]
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_gradients_reach_generator_and_reward_model(batch_and_model):
+    data, batch, model = batch_and_model
+    model.train()
+    terms = losses(model, batch, TrainConfig(k=4), torch.Generator().manual_seed(0))
+    terms["total"].backward()
+    grad = lambda module: sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+    assert grad(model.generator_attention) > 0, "policy gradient reaches the generator"
+    assert model.log_sharpness.grad.abs().sum() > 0
+    assert grad(model.phi) > 0 and grad(model.bag_attention) > 0, "MIL losses reach the reward model"
+    assert grad(model.feature_proj) > 0 and grad(model.context) > 0
+
+
+def test_policy_gradient_does_not_move_the_reward_model(batch_and_model):
+    data, batch, model = batch_and_model
+    terms = losses(model, batch, TrainConfig(k=4, mil=False), torch.Generator().manual_seed(0))
+    model.zero_grad()
+    terms["rl"].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.phi.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.bag_attention.parameters())
+
+
+def test_sampling_frequencies_match_pi(batch_and_model):
+    data, batch, model = batch_and_model
+    model.eval()
+    with torch.no_grad():
+        enc = model.encode(batch)
+        log_pi = model.log_pi(model.policy_scores(enc) * 3, enc)
+        combos = model.sample(log_pi, enc, 20000, torch.Generator().manual_seed(2))
+    for m, (a, b) in enumerate(batch.slices):
+        for row in range(batch.size):
+            n = int(batch.mask[row, a:b].sum())
+            if n == 0:
+                continue
+            freq = torch.bincount(combos[row, :, m], minlength=b - a).float() / 20000
+            assert torch.allclose(freq[:n], log_pi[row, a : a + n].exp(), atol=0.015)
+
+
+def test_explore_propensity_is_the_probability_of_the_combination(batch_and_model):
+    data, batch, model = batch_and_model
+    chosen = choose(model, data, greedy=False, config=SelectConfig(epsilon=0.2), seed=3)
+    with torch.no_grad():
+        enc = model.encode(batch)
+        mixed = mix_uniform(model.log_pi(model.policy_scores(enc), enc), enc, 0.2).exp()
+    for row in range(batch.size):
+        expected = 1.0
+        for m, (a, b) in enumerate(batch.slices):
+            if chosen.positions[row, m] >= 0:
+                expected *= float(mixed[row, a + chosen.positions[row, m]])
+        assert chosen.propensity[row] == pytest.approx(expected, rel=1e-5)
+        assert 0 < chosen.propensity[row] <= 1
+
+
+@pytest.fixture(scope="module")
+def trained(train_world):
+    logs = encode(read_rows(train_world / "logs.jsonl", "logs"))
+    result = train(logs, ModelConfig(), TrainConfig(epochs=3, seed=0, batch_size=256))
+    return logs, result
+
+
+def test_trained_model_beats_random(train_world, trained):
+    logs, result = trained
+    requests = load_requests(train_world / "requests.jsonl")
+    chosen = choose(result.model, encode(requests, logs.schema), greedy=True)
+    figures = Evaluator(World.load(train_world), requests).score(chosen.selections)
+    assert figures["ctr"] > figures["random_ctr"] * 1.1
+    assert figures["frac_of_oracle_lift"] > 0.15
+    assert 0.5 < result.best.heldout_auc < 1.0
+
+
+def test_save_load_round_trip_gives_identical_selections(train_world, trained, tmp_path):
+    logs, result = trained
+    save_trained(result, tmp_path / "model", TrainConfig())
+    loaded, meta = load_model(tmp_path / "model")
+    assert meta["schema"]["components"] == logs.schema.components
+    assert (tmp_path / "model" / "training_curve.png").stat().st_size > 1000
+    requests = encode(load_requests(train_world / "requests.jsonl"), logs.schema)
+    for greedy in (True, False):
+        a = choose(result.model, requests, greedy=greedy, seed=5)
+        b = choose(loaded, requests, greedy=greedy, seed=5)
+        assert a.selections == b.selections
+        assert np.allclose(a.score, b.score) and np.allclose(a.propensity, b.propensity)
+
+
+def test_bad_model_folders_are_clear_errors(train_world, trained, tmp_path):
+    logs, result = trained
+    save_trained(result, tmp_path / "good", TrainConfig())
+    requests = train_world / "requests.jsonl"
+    cases = {}
+    cases["missing"] = tmp_path / "nope"
+    (tmp_path / "empty").mkdir()
+    cases["empty"] = tmp_path / "empty"
+    broken = tmp_path / "broken-json"
+    broken.mkdir()
+    (broken / "genco.json").write_text("{not json")
+    cases["broken-json"] = broken
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "genco.json").write_text((tmp_path / "good" / "genco.json").read_text())
+    cases["no-weights"] = no_weights
+    bad_weights = tmp_path / "bad-weights"
+    bad_weights.mkdir()
+    (bad_weights / "genco.json").write_text((tmp_path / "good" / "genco.json").read_text())
+    (bad_weights / "model.safetensors").write_bytes(b"\x00" * 100)
+    cases["bad-weights"] = bad_weights
+    mismatch = tmp_path / "mismatch"
+    mismatch.mkdir()
+    meta = json.loads((tmp_path / "good" / "genco.json").read_text())
+    meta["model_config"]["dim"] = 16
+    (mismatch / "genco.json").write_text(json.dumps(meta))
+    (mismatch / "model.safetensors").write_bytes((tmp_path / "good" / "model.safetensors").read_bytes())
+    cases["mismatch"] = mismatch
+    for name, folder in cases.items():
+        with pytest.raises(GencoInputError):
+            load_model(folder)
+        result_cli = run_genco("select", "--model", folder, "--requests", requests, "--out", tmp_path / "s.jsonl")
+        assert result_cli.returncode == 2, name
+        assert str(folder) in result_cli.stderr and "Traceback" not in result_cli.stderr, name
+    assert not (tmp_path / "s.jsonl").exists()
