@@ -23,9 +23,11 @@ test: install
 
 bench-quick: install
 	$(BIN)/python benchmarks/read_throughput.py --quick
+	$(BIN)/python benchmarks/train_speed.py --quick
 
 bench: install
 	$(BIN)/python benchmarks/read_throughput.py
+	$(BIN)/python benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

@@ -53,3 +53,26 @@ def log_row(**overrides) -> dict:
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+class EasyWorld:
+    """A small, easy world held in memory: few candidates, strong effects, plenty of logs for its size."""
+
+    def __init__(self, interaction: float = 1.0, seed: int = 7):
+        from genco.data import encode
+        from genco.evaluate import Evaluator
+        from genco.world import simulate_in_memory
+
+        config = WorldConfig(seed=seed, ads=25, impressions=6000, requests=300, max_candidates=4, interaction=interaction)
+        self.world, self.logs, request_rows = simulate_in_memory(config)
+        self.requests = encode(request_rows, self.logs.schema)  # EncodedRows, same schema as the logs
+        self.evaluator = Evaluator(self.world, request_rows)
+
+    def frac(self, choices) -> float:
+        """Fraction of the oracle's lift that a policy's Choices capture."""
+        return self.evaluator.score(choices.selections)["frac_of_oracle_lift"]
+
+
+@pytest.fixture(scope="session")
+def easy_world() -> EasyWorld:
+    return EasyWorld()

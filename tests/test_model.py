@@ -15,7 +15,8 @@ from genco.errors import GencoInputError
 from genco.evaluate import Evaluator
 from genco.files import load_requests, read_rows
 from genco.model import GenCO, ModelConfig
-from genco.select import SelectConfig, choose, mix_uniform
+from genco.model import mix_uniform
+from genco.select import SelectConfig, choose
 from genco.train import TrainConfig, losses, save_trained, train
 from genco.world import World
 from tests.conftest import run_genco

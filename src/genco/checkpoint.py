@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from genco.autoregressive import AutoregressiveGenCO
 from genco.data import FeatureSchema
 from genco.errors import GencoInputError
 from genco.files import atomic_write_bytes
@@ -86,4 +87,4 @@ def load_model(directory: str | Path) -> tuple[GenCO, dict[str, Any]]:
     return model, meta
 
 
-MODEL_KINDS: dict[str, type[GenCO]] = {"GenCO": GenCO}
+MODEL_KINDS: dict[str, type[GenCO]] = {"GenCO": GenCO, "AutoregressiveGenCO": AutoregressiveGenCO}

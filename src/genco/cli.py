@@ -13,7 +13,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -234,18 +233,36 @@ def serve(
     uvicorn.run(create_app(model), host=host, port=port, log_level="info")
 
 
+@app.command()
+def bench(
+    policies: Annotated[str, typer.Option(help="Comma-separated policy names (see --list); default: all.")] = "",
+    scenarios: Annotated[str, typer.Option(help="Comma-separated: offline, closed-loop, interaction, candidates, log-size, cold-start, scaling.")] = "offline,closed-loop,interaction,candidates,log-size,cold-start,scaling",
+    seeds: Annotated[int, typer.Option(help="Seeds per setting (offline and cold start); sweeps and the loop use fewer in the default preset.")] = 3,
+    quick: Annotated[bool, typer.Option("--quick", help="A small version of everything (CI): minutes, not half an hour.")] = False,
+    impressions: Annotated[Optional[int], typer.Option(help="Logged impressions of the offline scenario (default 50,000; quick 4,000).")] = None,
+    out: Annotated[Path, typer.Option(help="Report folder: results.md, results.json, plots.")] = Path("reports/bench"),
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every result row as a JSON list here.")] = None,
+    list_policies: Annotated[bool, typer.Option("--list", help="List the policy names and exit.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run policies side by side on simulated worlds over several seeds; print one table (Markdown), write JSON and plots."""
+    from genco.bench_plan import BenchPlan, run_bench
+    from genco.policies import policy_names
+
+    console.set_quiet(quiet)
+    if list_policies:
+        out_names = ["oracle", *policy_names()]
+        console.out.print("\n".join(out_names))
+        return
+    plan = BenchPlan.make(quick=quick, seeds=seeds, impressions=impressions,
+                          policies=[p for p in policies.split(",") if p], scenarios=[s for s in scenarios.split(",") if s])
+    run_bench(plan, out, json_path)
+
+
 def main() -> None:
     """Console-script entry: runs the app and turns errors into the contract's exit statuses."""
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
+        app()  # usage errors: typer prints them and exits 2 itself
     except GencoInputError as exc:
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -57,6 +57,10 @@ class Encoded:
     slices: list[tuple[int, int]]  # component m owns slots [a, b)
     slot_component: torch.Tensor  # (T,) component of each slot
 
+    def rows(self, which: slice) -> "Encoded":
+        return Encoded(self.h[which], self.appeal[which], self.e[which], self.effect[which], self.mask[which],
+                       self.slices, self.slot_component)
+
     def detached(self) -> "Encoded":
         return Encoded(self.h.detach(), self.appeal.detach(), self.e.detach(), self.effect.detach(), self.mask,
                        self.slices, self.slot_component)
@@ -65,8 +69,10 @@ class Encoded:
 class CrossAttention(nn.Module):
     """Multi-head attention of every item over the valid items of its set; uniform weights when not learned.
 
-    Besides content (query . key), each head learns a bias per pair of components (which components
-    interact at all: title with image, image with badge, ...), as relative-position biases do in text.
+    Cross-component: an item attends to the items of the other components only (its own component's other
+    candidates are its rivals, not its partners). Besides content (query . key), each head learns a bias per
+    pair of components (which components interact at all: title with image, image with badge, ...), as
+    relative-position biases do in text.
     """
 
     def __init__(self, dim: int, heads: int, components: int, learned: bool):
@@ -84,7 +90,9 @@ class CrossAttention(nn.Module):
             logits = logits + self.pair_bias[:, component][:, :, component]  # (H, L, L) broadcast over N
         else:
             logits = x.new_zeros(N, self.heads, L, L)
-        logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        # cross-component: an item attends to the items of the other components, never to its own component
+        other = component[:, None] != component[None, :]  # (L, L)
+        logits = logits.masked_fill(~(mask[:, None, None, :] & other), float("-inf"))
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a set with no valid item attends to nothing
         return self.out((weights @ v).transpose(1, 2).reshape(N, L, d))  # (N, L, d)
 
@@ -126,6 +134,19 @@ class Phi(nn.Module):
         return wide + self.deep(torch.cat([h, e, a], dim=-1)).squeeze(-1) + effect
 
 
+def mix_uniform(log_pi: torch.Tensor, enc: Encoded, epsilon: float) -> torch.Tensor:
+    """log of (1 - eps) * pi + eps * uniform, within each component: every candidate keeps a chance."""
+    if epsilon <= 0:
+        return log_pi
+    parts = []
+    for a, b in enc.slices:
+        valid = enc.mask[:, a:b]
+        n = valid.sum(dim=1, keepdim=True).clamp(min=1)
+        p = (1 - epsilon) * log_pi[:, a:b].exp() + epsilon / n
+        parts.append(p.log().masked_fill(~valid, float("-inf")))
+    return torch.cat(parts, dim=1)
+
+
 class GenCO(nn.Module):
     def __init__(self, schema: FeatureSchema, config: ModelConfig | None = None):
         super().__init__()
@@ -147,6 +168,10 @@ class GenCO(nn.Module):
         self.generator_attention = CrossAttention(d, c.heads, M, learned=c.attention)
         self.log_sharpness = nn.Parameter(torch.zeros(M))
         self.phi = Phi(C, d, c.hidden, c.dropout)
+        # the generator's own correction to phi, learned by the policy gradient alone (starts at zero)
+        self.policy_head = nn.Sequential(nn.Linear(C + 2 * d, c.hidden), nn.ReLU(), nn.Linear(c.hidden, 1))
+        nn.init.zeros_(self.policy_head[-1].weight)
+        nn.init.zeros_(self.policy_head[-1].bias)
         # reward model: attention among the chosen elements, MIL attention pooling into the bag logit
         self.bag_attention = CrossAttention(d, c.heads, M, learned=c.attention)
         self.pool = nn.Sequential(nn.Linear(2 * d, d), nn.Tanh(), nn.Linear(d, 1))
@@ -181,18 +206,42 @@ class GenCO(nn.Module):
     def policy_scores(self, enc: Encoded, generator_only: bool = False) -> torch.Tensor:
         """Preference score of every candidate, all components in one pass: (B, T).
 
-        generator_only: gradients reach the generator's own parameters (its attention, the sharpness) and
-        not phi or the encoders, which the reward model uses too. The policy gradient trains this way: if it
+        generator_only: gradients reach the generator's own parameters (its attention, policy head and
+        sharpness) and not phi or the encoders, which the reward model uses too. The policy gradient trains this way: if it
         could move phi it would raise the very rewards it is chasing (held-out log loss then diverges).
         """
         if generator_only:
             enc = enc.detached()
         a = self.generator_attention(enc.e, enc.mask, enc.slot_component)  # (B, T, d)
         h = enc.h.unsqueeze(1).expand(-1, enc.e.shape[1], -1)  # (B, T, C)
+        return self.generator_score(h, enc.e, a, enc.effect, generator_only)
+
+    def generator_score(self, h: torch.Tensor, e: torch.Tensor, a: torch.Tensor, effect: torch.Tensor,
+                        generator_only: bool) -> torch.Tensor:
+        """phi (frozen when generator_only) plus the generator's own head: (..., C), (..., d), (..., d), (...) -> (...)"""
         if generator_only:
             frozen = {name: p.detach() for name, p in self.phi.named_parameters()}
-            return functional_call(self.phi, frozen, (h, enc.e, a, enc.effect))
-        return self.phi(h, enc.e, a, enc.effect)
+            training, self.phi.training = self.phi.training, False  # phi is a fixed function here: no dropout
+            shared = functional_call(self.phi, frozen, (h, e, a, effect))
+            self.phi.train(training)
+        else:
+            shared = self.phi(h, e, a, effect)
+        return shared + self.policy_head(torch.cat([h, e, a], dim=-1)).squeeze(-1)
+
+    def generate(self, enc: Encoded, k: int, generator: torch.Generator | None = None, *, with_greedy: bool = False,
+                 epsilon: float = 0.0, generator_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """K sampled combinations per row and their log-probabilities: (B, K, M) positions (-1 absent), (B, K).
+
+        Non-autoregressive: pi is computed for every component at once and the K samples are drawn in
+        parallel. with_greedy: the most likely combination comes first, then the K samples (B, 1 + K, M).
+        epsilon: mix pi with a uniform choice per component (explore mode); probabilities are the mixture's.
+        """
+        log_pi = self.log_pi(self.policy_scores(enc, generator_only), enc)  # (B, T)
+        log_pi = mix_uniform(log_pi, enc, epsilon)
+        combos = self.sample(log_pi.detach(), enc, k, generator)
+        if with_greedy:
+            combos = torch.cat([self.greedy(log_pi, enc)[:, None, :], combos], dim=1)
+        return combos, self.combo_log_pi(log_pi, combos, enc)
 
     def log_pi(self, scores: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """log pi(j | m): a masked log-softmax within each component's slots. (B, T); -inf on padding."""

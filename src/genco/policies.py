@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from genco.autoregressive import AutoregressiveGenCO
 from genco.baselines.base import Policy, RandomPolicy
 from genco.baselines.counting import ElementCounting
 from genco.data import EncodedRows
@@ -20,8 +21,9 @@ class GenCOPolicy(Policy):
     """GenCO behind the shared interface: fit = train on the logs, choose = generate K, score, refine."""
 
     def __init__(self, name: str = "genco", model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-                 select_config: SelectConfig | None = None):
+                 select_config: SelectConfig | None = None, model_class: type[GenCO] = GenCO):
         self.name = name
+        self.model_class = model_class
         self.model_config = model_config or ModelConfig()
         self.train_config = train_config or TrainConfig()
         self.select_config = select_config or SelectConfig()
@@ -29,7 +31,7 @@ class GenCOPolicy(Policy):
         self.result: TrainResult | None = None
 
     def fit(self, logs: EncodedRows) -> "GenCOPolicy":
-        self.result = train(logs, self.model_config, self.train_config)
+        self.result = train(logs, self.model_config, self.train_config, model_class=self.model_class)
         self.model = self.result.model
         return self
 
@@ -44,12 +46,14 @@ GENCO_VARIANTS: dict[str, dict] = {
     "genco-no-mil": {"mil": False},
     "genco-no-rl": {"rl": False},
     "genco-sampling-only": {"refine_passes": 0},
+    "genco-autoregressive": {"model_class": AutoregressiveGenCO},
 }
 
 
 def make_genco(name: str, *, seed: int = 0, epochs: int | None = None, **overrides) -> GenCOPolicy:
     """A GenCO variant by name; `overrides` set ModelConfig / TrainConfig / SelectConfig fields by name."""
     settings = {**GENCO_VARIANTS[name], **overrides}
+    model_class = settings.pop("model_class", GenCO)
     model_config, train_config, select_config = ModelConfig(), TrainConfig(seed=seed), SelectConfig()
     if epochs is not None:
         train_config.epochs = epochs
@@ -58,7 +62,7 @@ def make_genco(name: str, *, seed: int = 0, epochs: int | None = None, **overrid
         if target is None:
             raise KeyError(f"unknown setting {key!r}")
         setattr(target, key, value)
-    return GenCOPolicy(name, model_config, train_config, select_config)
+    return GenCOPolicy(name, model_config, train_config, select_config, model_class)
 
 
 BASELINES: dict[str, Callable[..., Policy]] = {

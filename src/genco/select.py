@@ -72,9 +72,8 @@ def choose(model: GenCO, data: EncodedRows, *, greedy: bool, config: SelectConfi
     for idx in batch_indices(len(data), config.batch_size):
         batch = collate(data, idx)
         enc = model.encode(batch)
-        log_pi = model.log_pi(model.policy_scores(enc), enc)  # (B, T)
         if greedy:
-            candidates = torch.cat([model.greedy(log_pi, enc)[:, None, :], model.sample(log_pi, enc, config.k, generator)], dim=1)
+            candidates, _ = model.generate(enc, config.k, generator, with_greedy=True)  # (B, 1 + K, M)
             creative, _, _ = model.reward(enc, candidates)  # (B, 1 + K)
             combo = candidates[torch.arange(batch.size), creative.argmax(dim=1)]  # (B, M)
             if config.refine_passes:
@@ -84,29 +83,14 @@ def choose(model: GenCO, data: EncodedRows, *, greedy: bool, config: SelectConfi
             logit = enc.appeal + creative_best
             propensity = torch.ones(batch.size)
         else:
-            explore_log_pi = mix_uniform(log_pi, enc, config.epsilon)
-            combo = model.sample(explore_log_pi, enc, 1, generator)  # (B, 1, M)
-            propensity = model.combo_log_pi(explore_log_pi, combo, enc)[:, 0].exp()
-            logit = model.click_logit(enc, combo)[:, 0]
-            combo = combo[:, 0]
+            sampled, log_prob = model.generate(enc, 1, generator, epsilon=config.epsilon)  # (B, 1, M), (B, 1)
+            combo, propensity = sampled[:, 0], log_prob[:, 0].exp()
+            logit = model.click_logit(enc, sampled)[:, 0]
         positions.append(combo.numpy())
         scores.append(torch.sigmoid(logit).numpy())
         propensities.append(propensity.numpy())
         selections += selections_at(data, idx, combo.numpy())
     return Choices(np.concatenate(positions), np.concatenate(scores), np.concatenate(propensities), selections)
-
-
-def mix_uniform(log_pi: torch.Tensor, enc: Encoded, epsilon: float) -> torch.Tensor:
-    """log of (1 - eps) * pi + eps * uniform, within each component: every candidate keeps a chance."""
-    if epsilon <= 0:
-        return log_pi
-    parts = []
-    for a, b in enc.slices:
-        valid = enc.mask[:, a:b]
-        n = valid.sum(dim=1, keepdim=True).clamp(min=1)
-        p = (1 - epsilon) * log_pi[:, a:b].exp() + epsilon / n
-        parts.append(p.log().masked_fill(~valid, float("-inf")))
-    return torch.cat(parts, dim=1)
 
 
 def select_requests(model: GenCO, requests: list[Request], *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> list[Selection]:

@@ -32,7 +32,8 @@ from genco.model import GenCO, ModelConfig
 @dataclass
 class TrainConfig:
     epochs: int = 12
-    batch_size: int = 512
+    batch_size: int = 512  # at most; small logs get smaller batches (see min_steps)
+    min_steps: int = 100  # optimizer steps per epoch at least: a small log still gets a real number of updates
     lr: float = 3e-3
     lr_decay: float = 0.5  # learning rate multiplied by this after every epoch: sparse clicks make late steps noisy
     weight_decay: float = 1e-4
@@ -40,7 +41,8 @@ class TrainConfig:
     holdout: float = 0.1  # share of logs held out for AUC / log loss and early stopping
     patience: int = 2  # epochs without held-out improvement before stopping
     seed: int = 0
-    k: int = 8  # combinations sampled per context for the policy gradient
+    k: int = 16  # combinations sampled per context for the policy gradient
+    rl_rows: int = 256  # contexts of each batch the policy gradient samples for (the costly part of a step)
     rl_weight: float = 0.15  # lambda
     mil_weight: float = 1.0
     mil: bool = True
@@ -108,13 +110,13 @@ def losses(model: GenCO, batch, config: TrainConfig, generator: torch.Generator)
         out["elem"] = F.binary_cross_entropy_with_logits(element_logit[present], labels[present])
     # policy gradient: K samples from pi, rewarded by the reward model's creative part, mean-of-K baseline
     if config.rl:
-        log_pi = model.log_pi(model.policy_scores(enc, generator_only=True), enc)  # (B, T)
-        combos = model.sample(log_pi.detach(), enc, config.k, generator)  # (B, K, M)
+        enc = enc.rows(slice(0, config.rl_rows))  # the batch is shuffled: its first rows are a random subset
+        combos, log_prob = model.generate(enc, config.k, generator, generator_only=True)  # (B', K, M), (B', K)
         with torch.no_grad():
-            reward, _, _ = model.reward(enc, combos)  # (B, K) creative logit: appeal left out
+            reward, _, _ = model.reward(enc, combos)  # (B', K) creative logit: appeal left out
             advantage = reward - reward.mean(dim=1, keepdim=True)
             advantage = advantage / (advantage.std(dim=1, keepdim=True) + 1e-3)  # scale-free step per context
-        out["rl"] = -(advantage * model.combo_log_pi(log_pi, combos, enc)).mean()
+        out["rl"] = -(advantage * log_prob).mean()
     out["total"] = out["comb"] + config.mil_weight * out.get("elem", 0.0) + config.rl_weight * out.get("rl", 0.0)
     return out
 
@@ -142,7 +144,7 @@ def _optimizer(model: GenCO, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train(data: EncodedRows, model_config: ModelConfig | None = None, config: TrainConfig | None = None,
-          model: GenCO | None = None) -> TrainResult:
+          model: GenCO | None = None, model_class: type[GenCO] = GenCO) -> TrainResult:
     """Train on encoded logs; returns the best held-out epoch's model (in eval mode) and the history."""
     config = config or TrainConfig()
     if data.click is None:
@@ -152,7 +154,7 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if model is None:
-        model = GenCO(data.schema, model_config)
+        model = model_class(data.schema, model_config)
         rate = float(np.clip(data.click.mean(), 1e-4, 1 - 1e-4))
         with torch.no_grad():
             model.appeal.bias.fill_(float(np.log(rate / (1 - rate))))  # start at the logs' click rate
@@ -170,9 +172,10 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
         model.train()
         sums = {"total": 0.0, "comb": 0.0, "elem": 0.0, "rl": 0.0}
         steps = 0
-        n_batches = -(-len(train_rows) // config.batch_size)
+        batch_size = max(16, min(config.batch_size, -(-len(train_rows) // config.min_steps)))
+        n_batches = -(-len(train_rows) // batch_size)
         with console.progress(f"epoch {epoch}/{config.epochs}", n_batches) as bar:
-            for idx in batch_indices(len(train_rows), config.batch_size, shuffle=True, seed=config.seed * 1000 + epoch):
+            for idx in batch_indices(len(train_rows), batch_size, shuffle=True, seed=config.seed * 1000 + epoch):
                 batch = collate(data, train_rows[idx])
                 terms = losses(model, batch, config, generator)
                 optimizer.zero_grad(set_to_none=True)

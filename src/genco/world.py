@@ -464,20 +464,37 @@ def _leaves_first(pools: dict[str, np.ndarray]) -> list[str]:
     return sorted(pools, key=depth, reverse=True)
 
 
+def random_exposure_logs(world: World, n: int, seed: int, chunk: int = 5000):
+    """n log rows (dicts) of uniform random exposure, generated chunk by chunk. Cold elements are never shown."""
+    rng = np.random.default_rng([seed, 1])
+    for start in range(0, n, chunk):
+        requests = world.request_dicts(min(chunk, n - start), rng, prefix="l", first=start, include_cold=False)
+        yield from world.log_dicts(requests, None, rng)
+
+
+def fresh_requests(world: World, n: int, seed: int) -> list[dict[str, Any]]:
+    """n request rows (dicts) to select for and evaluate on; they include cold elements."""
+    return world.request_dicts(n, np.random.default_rng([seed, 2]))
+
+
 def simulate(config: WorldConfig, out: str | Path) -> World:
     """Generate a world and write DIR/logs.jsonl (random exposure), DIR/requests.jsonl and the ground truth."""
     out = Path(out)
     world = World.generate(config)
-    rng = np.random.default_rng([config.seed, 1])
     world.save(out)
     with AtomicWriter(out / "logs.jsonl", "logs") as writer:
-        chunk = 5000
-        for start in range(0, config.impressions, chunk):
-            n = min(chunk, config.impressions - start)
-            requests = world.request_dicts(n, rng, prefix="l", first=start, include_cold=False)
-            for row in world.log_dicts(requests, None, rng):
-                writer.write(row)
-    requests = world.request_dicts(config.requests, np.random.default_rng([config.seed, 2]))
+        writer.write_all(random_exposure_logs(world, config.impressions, config.seed))
     with AtomicWriter(out / "requests.jsonl", "requests") as writer:
-        writer.write_all(requests)
+        writer.write_all(fresh_requests(world, config.requests, config.seed))
     return world
+
+
+def simulate_in_memory(config: WorldConfig):
+    """The same world, logs and requests as `simulate`, without files: (world, encoded logs, typed requests)."""
+    from genco.contract import LogRow
+    from genco.data import encode
+
+    world = World.generate(config)
+    logs = encode(LogRow.model_validate(row) for row in random_exposure_logs(world, config.impressions, config.seed))
+    requests = [Request.model_validate(row) for row in fresh_requests(world, config.requests, config.seed)]
+    return world, logs, requests

@@ -80,3 +80,33 @@ class RandomPolicy(Policy):
     def choose(self, requests: EncodedRows, *, greedy: bool = True, seed: int = 0) -> Choices:
         positions, propensity = uniform_positions(requests, np.random.default_rng(seed))
         return choices(requests, positions, propensity=propensity)
+
+
+def request_counts(requests: EncodedRows) -> np.ndarray:
+    """(n, M) candidate count of every component of every request (0 where the request lacks it)."""
+    return np.stack([requests.candidate_counts(name) for name in requests.schema.components], axis=1)
+
+
+def combinations_of(counts: np.ndarray, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """The combinations of one request as positions (C, M), -1 for absent components.
+
+    Every combination when there are at most `limit`; otherwise `limit` drawn uniformly at random (the
+    second value says so). Policies that must enumerate (whole-combination bandits, AutoCO) cost the
+    product of the pool sizes per request: this is where they stop being affordable.
+    """
+    sizes = np.where(counts > 0, counts, 1)
+    total = int(np.prod(sizes, dtype=np.float64)) if np.prod(sizes, dtype=np.float64) < 2**62 else 2**62
+    if total <= limit:
+        grids = np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij")
+        combos = np.stack([g.ravel() for g in grids], axis=1)
+        sampled = False
+    else:
+        combos = np.floor(rng.random((limit, len(sizes))) * sizes).astype(np.int64)
+        sampled = True
+    combos[:, counts == 0] = -1
+    return combos, sampled
+
+
+def element_keys(data: EncodedRows, component: str) -> list[str]:
+    """Element ids of the element table of `component` (entries differ between EncodedRows; ids do not)."""
+    return data.element_ids[component]

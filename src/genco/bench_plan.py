@@ -1,0 +1,149 @@
+"""What `genco bench` runs (presets sized for 2 cores) and what it writes (tables, JSON, plots)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genco import bench, console
+from genco.files import atomic_write_bytes
+from genco.plots import curves
+from genco.policies import policy_names
+from genco.world import WorldConfig
+
+# The policies of the offline comparison, and the smaller sets the sweeps and the loop use (each fit costs).
+ALL = ["random", "oracle", "counting", "independent-ts", "combination-ts", "mvt", "linucb", "lints", "autoco-lite",
+       "vw-slates", "genco", "genco-autoregressive"]
+SWEEP = ["random", "counting", "mvt", "autoco-lite", "vw-slates", "genco"]
+LOOP = ["random", "independent-ts", "mvt", "lints", "genco"]
+SCALING = ["genco", "genco-autoregressive", "autoco-lite", "mvt"]
+
+
+@dataclass
+class BenchPlan:
+    policies: list[str]
+    scenarios: list[str]
+    seeds: list[int]
+    sweep_seeds: list[int]
+    impressions: int
+    requests: int
+    interaction: list[float]
+    candidates: list[int]
+    log_sizes: list[int]
+    loop: bench.LoopConfig
+    scaling_sizes: list[int]
+    options: dict[str, Any] = field(default_factory=dict)  # passed to every GenCO variant (e.g. epochs)
+    chosen_policies: bool = False  # the user named the policies: use them everywhere
+
+    @classmethod
+    def make(cls, *, quick: bool, seeds: int, impressions: int | None, policies: list[str], scenarios: list[str]) -> "BenchPlan":
+        from genco.errors import GencoInputError
+
+        unknown = [p for p in policies if p not in ("oracle", *policy_names())]
+        if unknown:
+            raise GencoInputError(f"unknown policies {unknown}; `genco bench --list` names them")
+        bad = [s for s in scenarios if s not in bench.SCENARIOS]
+        if bad:
+            raise GencoInputError(f"unknown scenarios {bad}; known: {', '.join(bench.SCENARIOS)}")
+        if quick:
+            return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, min(seeds, 2) + 1)), sweep_seeds=[1],
+                       impressions=impressions or 4_000, requests=300, interaction=[0.0, 2.0], candidates=[5, 30],
+                       log_sizes=[2_000, 8_000], loop=bench.LoopConfig(warm_start=1_000, rounds=2, per_round=1_000),
+                       scaling_sizes=[5, 30], options={"epochs": 2}, chosen_policies=bool(policies))
+        return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, seeds + 1)), sweep_seeds=[1],
+                   impressions=impressions or 50_000, requests=1_000, interaction=[0.0, 0.5, 1.0, 2.0, 3.0],
+                   candidates=[5, 15, 50, 150], log_sizes=[10_000, 50_000, 200_000],
+                   loop=bench.LoopConfig(warm_start=5_000, rounds=6, per_round=5_000), scaling_sizes=[5, 15, 50, 150],
+                   options={"epochs": 6}, chosen_policies=bool(policies))
+
+    def subset(self, default: list[str]) -> list[str]:
+        return self.policies if self.chosen_policies else [p for p in default if p in self.policies]
+
+
+def run_bench(plan: BenchPlan, out: Path, json_path: Path | None) -> list[dict[str, Any]]:
+    out.mkdir(parents=True, exist_ok=True)
+    base = WorldConfig(seed=1, impressions=plan.impressions, requests=plan.requests)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    sections: list[str] = []
+    opts = plan.options
+    for scenario in plan.scenarios:
+        console.note(f"[bold]scenario {scenario}[/bold]")
+        if scenario == "offline":
+            rows += bench.offline(plan.policies, base, plan.seeds, **opts)
+        elif scenario == "interaction":
+            rows += bench.sweep(plan.subset(SWEEP), base, plan.sweep_seeds, "interaction", plan.interaction, "interaction", **opts)
+        elif scenario == "candidates":
+            rows += bench.sweep(plan.subset(SWEEP), base, plan.sweep_seeds, "max_candidates", plan.candidates, "candidates", **opts)
+        elif scenario == "log-size":
+            rows += bench.sweep(plan.subset(SWEEP), base, plan.sweep_seeds, "impressions", plan.log_sizes, "log-size", **opts)
+        elif scenario == "cold-start":
+            rows += bench.cold_start(plan.subset(SWEEP), base, plan.seeds, **opts)
+        elif scenario == "closed-loop":
+            loop_rows = bench.closed_loop(plan.subset(LOOP), base, plan.sweep_seeds, plan.loop, **opts)
+            rows += loop_rows
+            sections.append("## closed loop\n\n" + bench.loop_markdown(loop_rows))
+            _regret_plot(loop_rows, out / "regret_curve.png")
+        elif scenario == "scaling":
+            scale_rows = bench.scaling(plan.subset(SCALING), plan.scaling_sizes, **opts)
+            rows += scale_rows
+            sections.append("## selection cost vs candidates per component\n\n" + bench.scaling_markdown(scale_rows))
+            _scaling_plot(scale_rows, out / "selection_cost.png")
+    summary = bench.summarise(rows)
+    table = bench.markdown(summary)
+    minutes = (time.perf_counter() - started) / 60
+    text = f"# genco bench\n\n{len(rows)} result rows in {minutes:.1f} minutes\n\n## offline-style scenarios\n\n{table}\n" + "\n".join(sections)
+    atomic_write_bytes(out / "results.md", text.encode())
+    atomic_write_bytes(out / "results.json", json.dumps(rows, indent=1).encode())
+    if json_path is not None:
+        atomic_write_bytes(json_path, json.dumps(rows, indent=1).encode())
+    for scenario, setting_name in (("interaction", "interaction strength"), ("candidates", "candidates per component"),
+                                   ("log-size", "logged impressions")):
+        _sweep_plot(summary, scenario, setting_name, out / f"sweep_{scenario}.png")
+    console.out.print(text)
+    console.out.print(f"report: {out}/")
+    return rows
+
+
+def _sweep_plot(summary: list[dict[str, Any]], scenario: str, xlabel: str, path: Path) -> None:
+    rows = [s for s in summary if s["scenario"] == scenario]
+    if not rows:
+        return
+    series, bands = {}, {}
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["setting"])
+        x = [r["setting"] for r in mine]
+        y = [r["frac_of_oracle_lift"] for r in mine]
+        sd = [r["frac_of_oracle_lift_std"] for r in mine]
+        series[policy] = (x, y)
+        bands[policy] = (list(np.subtract(y, sd)), list(np.add(y, sd)))
+    curves(series, path, xlabel=xlabel, ylabel="fraction of the oracle's lift", title=f"offline, sweeping {xlabel}", bands=bands)
+
+
+def _regret_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    if not rows:
+        return
+    series = {}
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        rounds = sorted({r["round"] for r in rows if r["policy"] == policy})
+        x = [float(np.mean([r["impressions_served"] for r in rows if r["policy"] == policy and r["round"] == k])) for k in rounds]
+        y = [float(np.mean([r["cumulative_regret"] for r in rows if r["policy"] == policy and r["round"] == k])) for k in rounds]
+        series[policy] = (x, y)
+    curves(series, path, xlabel="impressions served", ylabel="cumulative regret (expected clicks lost)",
+           title="closed loop: serve, log, retrain")
+
+
+def _scaling_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    if not rows:
+        return
+    series = {}
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["max_candidates"])
+        series[policy] = ([r["max_candidates"] for r in mine], [r["select_seconds_per_1k"] for r in mine])
+    curves(series, path, xlabel="candidates per component (largest pool)", ylabel="seconds per 1,000 requests",
+           title="selection cost as pools grow")
