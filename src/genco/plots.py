@@ -22,20 +22,28 @@ def _save(fig, path: str | Path) -> None:
 
 
 def training_curve(history: Sequence, path: str | Path, title: str = "GenCO training") -> None:
-    """Train loss and held-out log loss / AUC per epoch (history: EpochRecord-like objects)."""
-    epochs = [r.epoch for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(epochs, [r.train_comb for r in history], "o-", label="train: combination BCE")
-    left.plot(epochs, [r.heldout_logloss for r in history], "o-", label="held-out log loss")
-    left.set_xlabel("epoch")
-    left.set_ylabel("log loss")
-    left.legend()
-    right.plot(epochs, [r.heldout_auc for r in history], "o-", color="tab:green")
-    right.set_xlabel("epoch")
-    right.set_ylabel("held-out AUC")
-    best = min(history, key=lambda r: r.heldout_logloss)
-    for ax in (left, right):
-        ax.axvline(best.epoch, color="grey", linestyle=":", label="kept")
+    """Reward model: train and held-out log loss, held-out AUC. Generator: held-out reward of its greedy pick."""
+    reward = [r for r in history if r.stage == "reward"]
+    gen = [r for r in history if r.stage == "generator"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    x = [r.epoch for r in reward]
+    axes[0].plot(x, [r.train_comb for r in reward], "o-", label="train: combination BCE")
+    axes[0].plot(x, [r.heldout_logloss for r in reward], "o-", label="held-out log loss")
+    axes[0].set_ylabel("log loss")
+    axes[0].legend()
+    axes[1].plot(x, [r.heldout_auc for r in reward], "o-", color="tab:green")
+    axes[1].set_ylabel("held-out AUC")
+    best = min(reward, key=lambda r: r.heldout_logloss)
+    for ax in axes[:2]:
+        ax.axvline(best.epoch, color="grey", linestyle=":")
+        ax.set_xlabel("reward-model epoch (dotted: kept)")
+    axes[2].plot([r.epoch for r in history], [r.heldout_generator_reward for r in history], "o-", color="tab:purple")
+    if gen:
+        axes[2].axvspan(gen[0].epoch - 0.5, gen[-1].epoch + 0.5, color="tab:purple", alpha=0.08, label="policy gradient")
+        axes[2].legend()
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("creative logit of the generator's pick")
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     _save(fig, path)

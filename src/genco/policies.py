@@ -65,10 +65,25 @@ def make_genco(name: str, *, seed: int = 0, epochs: int | None = None, **overrid
     return GenCOPolicy(name, model_config, train_config, select_config, model_class)
 
 
+def _lazy(module: str, cls: str, **kwargs) -> Callable[..., Policy]:
+    """A baseline constructor that imports its module only when used (some need optional extras)."""
+    def make(seed: int = 0, **_) -> Policy:
+        import importlib
+
+        return getattr(importlib.import_module(f"genco.baselines.{module}"), cls)(**kwargs)
+    return make
+
+
 BASELINES: dict[str, Callable[..., Policy]] = {
     "random": lambda seed=0, **_: RandomPolicy(),
     "counting": lambda seed=0, **_: ElementCounting(),
     "independent-ts": lambda seed=0, **_: ElementCounting(thompson=True),
+    "mvt": _lazy("mvt", "MVTBandit"),
+    "linucb": _lazy("linear", "LinUCB"),
+    "lints": _lazy("linear", "LinTS"),
+    "autoco-lite": _lazy("autoco", "AutoCOLite"),
+    "combination-ts": _lazy("combination_ts", "CombinationTS"),
+    "vw-slates": _lazy("vw_slates", "VWSlates"),
 }
 
 

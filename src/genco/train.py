@@ -1,15 +1,19 @@
-"""Training GenCO from logs: L = L_comb + mil_weight * L_elem + lambda * L_RL, top to bottom.
+"""Training GenCO from logs, top to bottom: L = L_comb + mil_weight * L_elem + lambda * L_RL.
 
 - L_comb: binary cross-entropy of the reward model's P(click) for the combination that was shown.
 - L_elem: the multi-instance term; every shown element (instance) inherits its bag's click, judged on its
   own instance score from the shared phi.
 - L_RL: REINFORCE. K combinations per context are sampled from pi, rewarded by the reward model's creative
-  logit (product appeal left out), with the mean of the K as baseline. Its gradient trains the generator's
-  own parameters; phi and the encoders reach the generator through the forward pass (see
-  GenCO.policy_scores for why).
+  logit (product appeal left out), with the mean of the K as baseline.
 
-Clicks are sparse, so id and product embeddings overfit within a few epochs: ids are dropped out and decayed,
-and training stops early on the held-out log loss, keeping the best epoch's weights.
+The policy gradient trains the generator's own parameters only; phi and the encoders reach the generator
+through the forward pass (see GenCO.policy_scores for why). The reward model's parameters therefore see
+L_comb + L_elem alone, and the loss is minimised in two stages that reach the same fixed point as the joint
+sum but cost far less: (1) the reward model, until the held-out log loss stops improving; (2) the generator,
+by policy gradient against the finished reward model (a fixed target rather than a moving one).
+
+Clicks are sparse, so ids overfit and late steps are noisy: id effects are decayed, the learning rate is cut
+whenever the held-out log loss stalls, and the best epoch's weights are kept.
 """
 
 from __future__ import annotations
@@ -24,30 +28,31 @@ import torch
 import torch.nn.functional as F
 
 from genco import console
-from genco.data import EncodedRows, FeatureSchema, batch_indices, collate
+from genco.data import EncodedRows, batch_indices, collate
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    batch_size: int = 512  # at most; small logs get smaller batches (see min_steps)
+    epochs: int = 30  # reward-model epochs at most (early stopping usually ends sooner)
+    batch_size: int = 1024  # at most; small logs get smaller batches (see min_steps)
     min_steps: int = 100  # optimizer steps per epoch at least: a small log still gets a real number of updates
-    lr: float = 3e-3
-    lr_decay: float = 0.5  # learning rate multiplied by this after every epoch: sparse clicks make late steps noisy
+    lr: float = 0.01
+    lr_cut: float = 0.3  # the learning rate is multiplied by this after every epoch without held-out improvement
+    patience: int = 3  # epochs in a row without held-out improvement before stopping
     weight_decay: float = 1e-4
     embedding_decay: float = 0.05  # decoupled decay of id embeddings: rare ids stay near zero
     holdout: float = 0.1  # share of logs held out for AUC / log loss and early stopping
-    patience: int = 2  # epochs without held-out improvement before stopping
     seed: int = 0
     k: int = 16  # combinations sampled per context for the policy gradient
-    rl_rows: int = 256  # contexts of each batch the policy gradient samples for (the costly part of a step)
+    rl_epochs: int = 3  # generator epochs (policy gradient) after the reward model
+    rl_lr: float = 3e-3
     rl_weight: float = 0.15  # lambda
     mil_weight: float = 1.0
     mil: bool = True
     rl: bool = True
-    threads: int = 0  # torch threads; 0: all cores
+    threads: int = 0  # torch threads; 0: torch's default
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,13 +61,16 @@ class TrainConfig:
 @dataclass
 class EpochRecord:
     epoch: int
+    stage: str  # "reward" (L_comb + L_elem) or "generator" (L_RL)
     train_loss: float
     train_comb: float
     train_elem: float
     train_rl: float
     heldout_auc: float
     heldout_logloss: float
+    heldout_generator_reward: float  # mean creative logit of the generator's greedy combination, held out
     seconds: float
+    lr: float
 
 
 @dataclass
@@ -83,6 +91,7 @@ class TrainResult:
             "heldout_auc": self.best.heldout_auc,
             "heldout_logloss": self.best.heldout_logloss,
             "train_seconds": self.seconds,
+            "epochs": len(self.history),
             "impressions": self.impressions,
             "impressions_per_second": self.impressions * len(self.history) / max(self.seconds, 1e-9),
         }
@@ -94,8 +103,8 @@ def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return order[cut:], order[:cut]
 
 
-def losses(model: GenCO, batch, config: TrainConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The loss terms on one batch, each visible here (CleanRL style)."""
+def reward_losses(model: GenCO, batch, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """L_comb and L_elem on one batch (stage 1), each visible here (CleanRL style)."""
     enc = model.encode(batch)
     shown = batch.shown[:, None, :]  # (B, 1, M) the logged combination: the bag
     y = batch.click  # (B,)
@@ -108,16 +117,28 @@ def losses(model: GenCO, batch, config: TrainConfig, generator: torch.Generator)
         element_logit = enc.appeal[:, None, None] + model.element_bias + instance  # (B, 1, M)
         labels = y[:, None, None].expand_as(element_logit)
         out["elem"] = F.binary_cross_entropy_with_logits(element_logit[present], labels[present])
-    # policy gradient: K samples from pi, rewarded by the reward model's creative part, mean-of-K baseline
+    out["total"] = out["comb"] + config.mil_weight * out.get("elem", 0.0)
+    return out
+
+
+def policy_gradient_loss(model: GenCO, batch, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """lambda * L_RL on one batch (stage 2): K samples from pi, rewarded by the creative part, mean-of-K baseline."""
+    with torch.no_grad():
+        enc = model.encode(batch)
+    combos, log_prob = model.generate(enc, config.k, generator, generator_only=True)  # (B, K, M), (B, K)
+    with torch.no_grad():
+        reward, _, _ = model.reward(enc, combos)  # (B, K) creative logit: appeal left out
+        advantage = reward - reward.mean(dim=1, keepdim=True)
+        advantage = advantage / (advantage.std(dim=1, keepdim=True) + 1e-3)  # scale-free step per context
+    return config.rl_weight * -(advantage * log_prob).mean()
+
+
+def losses(model: GenCO, batch, config: TrainConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every term of L on one batch (the joint loss; training runs it in two stages, see the module doc)."""
+    out = reward_losses(model, batch, config)
     if config.rl:
-        enc = enc.rows(slice(0, config.rl_rows))  # the batch is shuffled: its first rows are a random subset
-        combos, log_prob = model.generate(enc, config.k, generator, generator_only=True)  # (B', K, M), (B', K)
-        with torch.no_grad():
-            reward, _, _ = model.reward(enc, combos)  # (B', K) creative logit: appeal left out
-            advantage = reward - reward.mean(dim=1, keepdim=True)
-            advantage = advantage / (advantage.std(dim=1, keepdim=True) + 1e-3)  # scale-free step per context
-        out["rl"] = -(advantage * log_prob).mean()
-    out["total"] = out["comb"] + config.mil_weight * out.get("elem", 0.0) + config.rl_weight * out.get("rl", 0.0)
+        out["rl"] = policy_gradient_loss(model, batch, config, generator) / config.rl_weight
+        out["total"] = out["total"] + config.rl_weight * out["rl"]
     return out
 
 
@@ -133,19 +154,35 @@ def predict_shown(model: GenCO, data: EncodedRows, rows: np.ndarray, batch_size:
     return np.concatenate(out) if out else np.empty(0)
 
 
+@torch.no_grad()
+def generator_reward(model: GenCO, data: EncodedRows, rows: np.ndarray, batch_size: int = 2048) -> float:
+    """Mean creative logit (by the reward model) of the generator's most likely combination: stage 2's target."""
+    model.eval()
+    total = 0.0
+    for idx in batch_indices(len(rows), batch_size):
+        enc = model.encode(collate(data, rows[idx]))
+        combos, _ = model.generate(enc, 0, with_greedy=True)  # (B, 1, M)
+        total += float(model.reward(enc, combos)[0].sum())
+    return total / max(len(rows), 1)
+
+
+GENERATOR_PARAMETERS = ("generator_attention.", "policy_head.", "log_sharpness")
+
+
 def _optimizer(model: GenCO, config: TrainConfig) -> torch.optim.Optimizer:
-    sparse = ("element_id.weight", "element_effect.weight", "ad_embedding.weight", "ad_appeal.weight")
-    embeddings = [p for n, p in model.named_parameters() if n in sparse]
-    others = [p for n, p in model.named_parameters() if n not in sparse]
+    """The reward model's optimizer: everything but the generator's own parameters (stage 2 trains those)."""
+    sparse = ("element_effect.weight", "ad_embedding.weight", "ad_appeal.weight")
+    named = [(n, p) for n, p in model.named_parameters() if not n.startswith(GENERATOR_PARAMETERS)]
     return torch.optim.AdamW(
-        [{"params": embeddings, "weight_decay": config.embedding_decay}, {"params": others, "weight_decay": config.weight_decay}],
+        [{"params": [p for n, p in named if n in sparse], "weight_decay": config.embedding_decay},
+         {"params": [p for n, p in named if n not in sparse], "weight_decay": config.weight_decay}],
         lr=config.lr,
     )
 
 
 def train(data: EncodedRows, model_config: ModelConfig | None = None, config: TrainConfig | None = None,
           model: GenCO | None = None, model_class: type[GenCO] = GenCO) -> TrainResult:
-    """Train on encoded logs; returns the best held-out epoch's model (in eval mode) and the history."""
+    """Train on encoded logs; returns the model (best held-out weights, eval mode) and the per-epoch history."""
     config = config or TrainConfig()
     if data.click is None:
         raise ValueError("training needs log rows (with shown and click)")
@@ -158,62 +195,87 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
         rate = float(np.clip(data.click.mean(), 1e-4, 1 - 1e-4))
         with torch.no_grad():
             model.appeal.bias.fill_(float(np.log(rate / (1 - rate))))  # start at the logs' click rate
-    optimizer = _optimizer(model, config)
     train_rows, heldout_rows = split(len(data), config.holdout, config.seed)
     if len(heldout_rows) == 0:
         heldout_rows = train_rows
+    batch_size = max(16, min(config.batch_size, -(-len(train_rows) // config.min_steps)))
     result = TrainResult(model=model, impressions=len(train_rows))
-    best_loss, best_state, waited = float("inf"), None, 0
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        began = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * config.lr_decay ** (epoch - 1)
+
+    def epochs_of(stage: str, last: int, step) -> None:
+        """Run epochs of one stage; `step(batch) -> dict of loss terms` does the update."""
+        nonlocal best_score, best_state, waited
+        for _ in range(last):
+            epoch = len(result.history) + 1
+            began = time.perf_counter()
+            sums = {"total": 0.0, "comb": 0.0, "elem": 0.0, "rl": 0.0}
+            steps = 0
+            with console.progress(f"{stage} epoch {epoch}", -(-len(train_rows) // batch_size)) as bar:
+                for idx in batch_indices(len(train_rows), batch_size, shuffle=True, seed=config.seed * 1000 + epoch):
+                    for key, value in step(collate(data, train_rows[idx])).items():
+                        sums[key] += float(value)
+                    steps += 1
+                    bar.advance()
+                    if steps % 20 == 0:
+                        bar.update(status=f"loss {sums['total'] / steps:.4f}")
+            p = predict_shown(model, data, heldout_rows)
+            y = data.click[heldout_rows]
+            record = EpochRecord(
+                epoch=epoch, stage=stage, train_loss=sums["total"] / steps, train_comb=sums["comb"] / steps,
+                train_elem=sums["elem"] / steps, train_rl=sums["rl"] / steps, heldout_auc=auc(y, p),
+                heldout_logloss=log_loss(y, p), heldout_generator_reward=generator_reward(model, data, heldout_rows),
+                seconds=time.perf_counter() - began, lr=float(optimizer.param_groups[0]["lr"]),
+            )
+            result.history.append(record)
+            console.note(
+                f"{stage:9s} epoch {epoch:2d}  loss {record.train_loss:.4f}  held-out AUC {record.heldout_auc:.4f}  "
+                f"log loss {record.heldout_logloss:.5f}  generator reward {record.heldout_generator_reward:+.3f}  "
+                f"({record.seconds:.0f}s)"
+            )
+            score = record.heldout_logloss if stage == "reward" else -record.heldout_generator_reward
+            if score < best_score - 1e-6:
+                best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
+                if stage == "reward":
+                    result.best_epoch = epoch
+            else:
+                waited += 1
+                for group in optimizer.param_groups:
+                    group["lr"] *= config.lr_cut
+                if waited >= config.patience:
+                    console.note(f"early stop: no held-out improvement for {waited} epochs")
+                    break
+
+    # stage 1: the multi-instance reward model (L_comb + L_elem), with the learning rate cut on plateaus
+    optimizer = _optimizer(model, config)
+
+    def reward_step(batch) -> dict[str, torch.Tensor]:
         model.train()
-        sums = {"total": 0.0, "comb": 0.0, "elem": 0.0, "rl": 0.0}
-        steps = 0
-        batch_size = max(16, min(config.batch_size, -(-len(train_rows) // config.min_steps)))
-        n_batches = -(-len(train_rows) // batch_size)
-        with console.progress(f"epoch {epoch}/{config.epochs}", n_batches) as bar:
-            for idx in batch_indices(len(train_rows), batch_size, shuffle=True, seed=config.seed * 1000 + epoch):
-                batch = collate(data, train_rows[idx])
-                terms = losses(model, batch, config, generator)
-                optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                optimizer.step()
-                for key, value in terms.items():
-                    sums[key] += float(value.detach())
-                steps += 1
-                bar.advance()
-                if steps % 20 == 0:
-                    bar.update(status=f"loss {sums['total'] / steps:.4f}")
-        p = predict_shown(model, data, heldout_rows)
-        y = data.click[heldout_rows]
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=sums["total"] / steps,
-            train_comb=sums["comb"] / steps,
-            train_elem=sums["elem"] / steps,
-            train_rl=sums["rl"] / steps,
-            heldout_auc=auc(y, p),
-            heldout_logloss=log_loss(y, p),
-            seconds=time.perf_counter() - began,
-        )
-        result.history.append(record)
-        console.note(
-            f"epoch {epoch:2d}  train loss {record.train_loss:.4f}  held-out AUC {record.heldout_auc:.4f}  "
-            f"log loss {record.heldout_logloss:.5f}  ({record.seconds:.0f}s)"
-        )
-        if record.heldout_logloss < best_loss - 1e-6:
-            best_loss, best_state, waited = record.heldout_logloss, copy.deepcopy(model.state_dict()), 0
-            result.best_epoch = epoch
-        else:
-            waited += 1
-            if waited >= config.patience:
-                console.note(f"early stop: held-out log loss has not improved for {waited} epochs; keeping epoch {result.best_epoch}")
-                break
-    if best_state is not None:
+        terms = reward_losses(model, batch, config)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        return {k: v.detach() for k, v in terms.items()}
+
+    best_score, best_state, waited = float("inf"), None, 0
+    epochs_of("reward", config.epochs, reward_step)
+    model.load_state_dict(best_state)
+
+    # stage 2: the generator, by policy gradient against the finished reward model
+    if config.rl and config.rl_epochs > 0:
+        generator_params = [p for n, p in model.named_parameters() if n.startswith(GENERATOR_PARAMETERS)]
+        optimizer = torch.optim.Adam(generator_params, lr=config.rl_lr)
+
+        def generator_step(batch) -> dict[str, torch.Tensor]:
+            model.eval()  # the reward model is a fixed judge now: no dropout noise in its rewards
+            loss = policy_gradient_loss(model, batch, config, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return {"total": loss.detach(), "rl": loss.detach() / config.rl_weight}
+
+        best_score, waited = -generator_reward(model, data, heldout_rows), 0
+        epochs_of("generator", config.rl_epochs, generator_step)
         model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - start

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+import torch
 
 from genco.data import EncodedRows, selections_at
 from genco.select import Choices
@@ -110,3 +112,21 @@ def combinations_of(counts: np.ndarray, limit: int, rng: np.random.Generator) ->
 def element_keys(data: EncodedRows, component: str) -> list[str]:
     """Element ids of the element table of `component` (entries differ between EncodedRows; ids do not)."""
     return data.element_ids[component]
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with `threads` torch intra-op threads, then restore the previous setting (None: leave it alone).
+
+    The baselines' tensors are small, so extra threads mostly wait on each other: on a busy 2-core machine
+    two threads made an AutoCO-lite epoch about 25 times slower than one.
+    """
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
