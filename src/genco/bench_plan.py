@@ -39,6 +39,7 @@ class BenchPlan:
     scaling_sizes: list[int]
     options: dict[str, Any] = field(default_factory=dict)  # passed to every GenCO variant (e.g. epochs)
     chosen_policies: bool = False  # the user named the policies: use them everywhere
+    fixed_world: bool = False  # offline: every seed keeps the world of seed 1 (seeds move training and selection)
 
     @classmethod
     def make(cls, *, quick: bool, seeds: int, impressions: int | None, policies: list[str], scenarios: list[str]) -> "BenchPlan":
@@ -56,10 +57,10 @@ class BenchPlan:
                        log_sizes=[2_000, 8_000], loop=bench.LoopConfig(warm_start=1_000, rounds=2, per_round=1_000),
                        scaling_sizes=[5, 30], options={"epochs": 2}, chosen_policies=bool(policies))
         return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, seeds + 1)), sweep_seeds=[1],
-                   impressions=impressions or 50_000, requests=1_000, interaction=[0.0, 0.5, 1.0, 2.0, 3.0],
-                   candidates=[5, 15, 50, 150], log_sizes=[10_000, 50_000, 200_000],
-                   loop=bench.LoopConfig(warm_start=5_000, rounds=6, per_round=5_000), scaling_sizes=[5, 15, 50, 150],
-                   options={"epochs": 6}, chosen_policies=bool(policies))
+                   impressions=impressions or 50_000, requests=1_000, interaction=[0.0, 1.0, 2.0],
+                   candidates=[5, 15, 50, 150], log_sizes=[10_000, 50_000, 100_000],
+                   loop=bench.LoopConfig(warm_start=5_000, rounds=4, per_round=5_000), scaling_sizes=[5, 15, 50, 150],
+                   options={}, chosen_policies=bool(policies))
 
     def subset(self, default: list[str]) -> list[str]:
         return self.policies if self.chosen_policies else [p for p in default if p in self.policies]
@@ -75,7 +76,7 @@ def run_bench(plan: BenchPlan, out: Path, json_path: Path | None) -> list[dict[s
     for scenario in plan.scenarios:
         console.note(f"[bold]scenario {scenario}[/bold]")
         if scenario == "offline":
-            rows += bench.offline(plan.policies, base, plan.seeds, **opts)
+            rows += bench.offline(plan.policies, base, plan.seeds, vary_world=not plan.fixed_world, **opts)
         elif scenario == "interaction":
             rows += bench.sweep(plan.subset(SWEEP), base, plan.sweep_seeds, "interaction", plan.interaction, "interaction", **opts)
         elif scenario == "candidates":

@@ -165,7 +165,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
     k: Annotated[int, typer.Option("--k", help="Combinations sampled per context for the policy gradient.")] = 16,
-    rl_epochs: Annotated[int, typer.Option(help="Generator (policy-gradient) epochs after the reward model.")] = 3,
+    rl_epochs: Annotated[int, typer.Option(help="Generator (policy-gradient) epochs after the reward model.")] = 2,
     rl_weight: Annotated[float, typer.Option(help="lambda, the weight of the policy-gradient term.")] = 0.15,
     holdout: Annotated[float, typer.Option(help="Share of logs held out for AUC, log loss and early stopping.")] = 0.1,
     dim: Annotated[int, typer.Option(help="Element embedding width.")] = 32,
@@ -243,6 +243,7 @@ def bench(
     impressions: Annotated[Optional[int], typer.Option(help="Logged impressions of the offline scenario (default 50,000; quick 4,000).")] = None,
     out: Annotated[Path, typer.Option(help="Report folder: results.md, results.json, plots.")] = Path("reports/bench"),
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every result row as a JSON list here.")] = None,
+    fixed_world: Annotated[bool, typer.Option("--fixed-world", help="Offline: keep the world of seed 1 for every seed, so the spread is that of training and selection alone.")] = False,
     list_policies: Annotated[bool, typer.Option("--list", help="List the policy names and exit.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -257,6 +258,7 @@ def bench(
         return
     plan = BenchPlan.make(quick=quick, seeds=seeds, impressions=impressions,
                           policies=[p for p in policies.split(",") if p], scenarios=[s for s in scenarios.split(",") if s])
+    plan.fixed_world = fixed_world
     run_bench(plan, out, json_path)
 
 

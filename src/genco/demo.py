@@ -32,11 +32,13 @@ DEMO_POLICIES = ["random", "counting", "genco", "genco-no-attention", "genco-no-
 class DemoSize:
     impressions: int
     requests: int
-    epochs: int
+    epochs: int  # reward-model epochs at most
+    rl_epochs: int  # generator epochs
 
 
-FULL = DemoSize(impressions=100_000, requests=2_000, epochs=6)
-QUICK = DemoSize(impressions=12_000, requests=400, epochs=2)
+# Sized for 2 cores: four GenCO fits in a few minutes. `genco bench` measures at larger scale.
+FULL = DemoSize(impressions=50_000, requests=2_000, epochs=8, rl_epochs=1)
+QUICK = DemoSize(impressions=12_000, requests=400, epochs=2, rl_epochs=1)
 
 
 def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
@@ -53,7 +55,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
     console.note(f"{len(logs)} impressions, {int(logs.click.sum())} clicks; evaluating on {len(requests)} fresh requests")
     rows = []
     for name in DEMO_POLICIES:
-        policy = make_policy(name, seed=seed, epochs=size.epochs)
+        policy = make_policy(name, seed=seed, epochs=size.epochs, rl_epochs=size.rl_epochs)
         console.note(f"[bold]{name}[/bold]: fitting")
         start = time.perf_counter()
         policy.fit(logs)
@@ -77,7 +79,7 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     table = Table(title=f"genco demo: interaction world (seed {config.seed}), {config.impressions} logged impressions",
                   caption=f"random exposure CTR {random_ctr:.4f}, oracle CTR {oracle:.4f}")
     for column in ("policy", "true CTR", "lift vs random", "frac of oracle lift", "fit s", "select s / 1k"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
+        table.add_column(column, justify="left" if column == "policy" else "right", no_wrap=column == "policy")
     lines = ["| policy | true CTR | lift vs random | frac of oracle lift | fit s | select s / 1k |", "|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["policy"], f"{r['ctr']:.4f}", f"{r['lift_vs_random']:+.1%}", f"{r['frac_of_oracle_lift']:.3f}",

@@ -12,8 +12,9 @@ L_comb + L_elem alone, and the loss is minimised in two stages that reach the sa
 sum but cost far less: (1) the reward model, until the held-out log loss stops improving; (2) the generator,
 by policy gradient against the finished reward model (a fixed target rather than a moving one).
 
-Clicks are sparse, so ids overfit and late steps are noisy: id effects are decayed, the learning rate is cut
-whenever the held-out log loss stalls, and the best epoch's weights are kept.
+Clicks are sparse, so ids overfit and single steps are noisy: id effects learn at a tenth of the rate and
+are decayed, the learning rate is cut whenever the held-out log loss stalls, the weights judged on held-out
+logs are a moving average of the training weights, and the best epoch's are kept.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ class TrainConfig:
     patience: int = 3  # epochs in a row without held-out improvement before stopping
     weight_decay: float = 1e-4
     embedding_decay: float = 0.05  # decoupled decay of id embeddings: rare ids stay near zero
+    id_lr_scale: float = 0.1  # learning rate of the id embeddings relative to lr
+    ema: float = 0.99  # decay of the moving average of the reward model's weights (0: the last weights)
     holdout: float = 0.1  # share of logs held out for AUC / log loss and early stopping
     seed: int = 0
     k: int = 16  # combinations sampled per context for the policy gradient
-    rl_epochs: int = 3  # generator epochs (policy gradient) after the reward model
+    rl_epochs: int = 2  # generator epochs (policy gradient) after the reward model
     rl_lr: float = 3e-3
     rl_weight: float = 0.15  # lambda
     mil_weight: float = 1.0
@@ -174,7 +177,8 @@ def _optimizer(model: GenCO, config: TrainConfig) -> torch.optim.Optimizer:
     sparse = ("element_effect.weight", "ad_embedding.weight", "ad_appeal.weight")
     named = [(n, p) for n, p in model.named_parameters() if not n.startswith(GENERATOR_PARAMETERS)]
     return torch.optim.AdamW(
-        [{"params": [p for n, p in named if n in sparse], "weight_decay": config.embedding_decay},
+        [{"params": [p for n, p in named if n in sparse], "weight_decay": config.embedding_decay,
+          "lr": config.lr * config.id_lr_scale},
          {"params": [p for n, p in named if n not in sparse], "weight_decay": config.weight_decay}],
         lr=config.lr,
     )
@@ -218,13 +222,15 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
                     bar.advance()
                     if steps % 20 == 0:
                         bar.update(status=f"loss {sums['total'] / steps:.4f}")
+            if stage == "reward":
+                swap_average()  # judge (and keep) the averaged weights; training resumes from the live ones
             p = predict_shown(model, data, heldout_rows)
             y = data.click[heldout_rows]
             record = EpochRecord(
                 epoch=epoch, stage=stage, train_loss=sums["total"] / steps, train_comb=sums["comb"] / steps,
                 train_elem=sums["elem"] / steps, train_rl=sums["rl"] / steps, heldout_auc=auc(y, p),
                 heldout_logloss=log_loss(y, p), heldout_generator_reward=generator_reward(model, data, heldout_rows),
-                seconds=time.perf_counter() - began, lr=float(optimizer.param_groups[0]["lr"]),
+                seconds=time.perf_counter() - began, lr=float(optimizer.param_groups[-1]["lr"]),
             )
             result.history.append(record)
             console.note(
@@ -233,11 +239,14 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
                 f"({record.seconds:.0f}s)"
             )
             score = record.heldout_logloss if stage == "reward" else -record.heldout_generator_reward
-            if score < best_score - 1e-6:
+            improved = score < best_score - 1e-6
+            if improved:
                 best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
                 if stage == "reward":
                     result.best_epoch = epoch
-            else:
+            if stage == "reward":
+                swap_average()
+            if not improved:
                 waited += 1
                 for group in optimizer.param_groups:
                     group["lr"] *= config.lr_cut
@@ -245,16 +254,36 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
                     console.note(f"early stop: no held-out improvement for {waited} epochs")
                     break
 
-    # stage 1: the multi-instance reward model (L_comb + L_elem), with the learning rate cut on plateaus
+    # stage 1: the multi-instance reward model (L_comb + L_elem), with the learning rate cut on plateaus.
+    # An exponential moving average of the weights is what gets judged and kept: with a few clicks per
+    # element the last step's weights are noisy, the average much less so.
     optimizer = _optimizer(model, config)
+    live = [p for p in model.parameters()]
+    average = [p.detach().clone() for p in live]
+    updates = 0
+
+    @torch.no_grad()
+    def swap_average() -> None:
+        if config.ema > 0:
+            for p, a in zip(live, average):
+                held = p.detach().clone()
+                p.copy_(a)
+                a.copy_(held)
 
     def reward_step(batch) -> dict[str, torch.Tensor]:
+        nonlocal updates
         model.train()
         terms = reward_losses(model, batch, config)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
+        if config.ema > 0:
+            updates += 1
+            decay = min(config.ema, updates / (updates + 9))  # warm-up: early weights do not linger
+            with torch.no_grad():
+                for p, a in zip(live, average):
+                    a.lerp_(p, 1 - decay)
         return {k: v.detach() for k, v in terms.items()}
 
     best_score, best_state, waited = float("inf"), None, 0
