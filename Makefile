@@ -24,10 +24,12 @@ test: install
 bench-quick: install
 	$(BIN)/python benchmarks/read_throughput.py --quick
 	$(BIN)/python benchmarks/train_speed.py --quick
+	$(BIN)/genco bench --quick --quiet --out reports/bench-quick
 
 bench: install
 	$(BIN)/python benchmarks/read_throughput.py
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/genco bench --out reports/bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

@@ -75,8 +75,8 @@ def main() -> None:
     size = 20 if args.quick else args.size_mb
     args.dir.mkdir(parents=True, exist_ok=True)
     jsonl, parquet = build_log(args.dir, size)
-    print(f"| format | file MB | rows | rows/s | peak RSS MB | RSS after imports MB |")
-    print(f"|---|---|---|---|---|---|")
+    print("| format | file MB | rows | rows/s | peak RSS MB | RSS after imports MB |")
+    print("|---|---|---|---|---|---|")
     for path in (jsonl, parquet):
         child = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True)
         if child.returncode != 0:

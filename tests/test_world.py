@@ -45,7 +45,6 @@ def test_logs_follow_the_contract_and_the_world(small_world):
 
 def _brute_force(world, request):
     names = list(request["components"])
-    best, best_p = None, -1.0
     combos = list(itertools.product(*[[c["id"] for c in request["components"][n]] for n in names]))
     selections = [dict(zip(names, combo)) for combo in combos]
     p = world.click_probability_dicts([request] * len(selections), selections)

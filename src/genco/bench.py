@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,9 +30,9 @@ import numpy as np
 from genco import console
 from genco.contract import LogRow, Request
 from genco.data import EncodedRows, encode
-from genco.evaluate import Evaluator, summarise as figures_of
+from genco.evaluate import Evaluator
 from genco.policies import make_policy
-from genco.world import World, WorldConfig, fresh_requests, random_exposure_logs, simulate_in_memory
+from genco.world import World, WorldConfig, random_exposure_logs, simulate_in_memory
 
 SCENARIOS = ("offline", "closed-loop", "interaction", "candidates", "log-size", "cold-start", "scaling")
 

@@ -65,12 +65,19 @@ def make_genco(name: str, *, seed: int = 0, epochs: int | None = None, **overrid
     return GenCOPolicy(name, model_config, train_config, select_config, model_class)
 
 
-def _lazy(module: str, cls: str, **kwargs) -> Callable[..., Policy]:
-    """A baseline constructor that imports its module only when used (some need optional extras)."""
+def _lazy(module: str, cls: str) -> Callable[..., Policy]:
+    """A baseline constructor that imports its module only when used (some need optional extras).
+
+    The seed goes to the constructor of the baselines whose fit is random (initialisation, posterior
+    noise); the others take their randomness from `choose(seed=...)` alone.
+    """
     def make(seed: int = 0, **_) -> Policy:
         import importlib
+        import inspect
 
-        return getattr(importlib.import_module(f"genco.baselines.{module}"), cls)(**kwargs)
+        policy_class = getattr(importlib.import_module(f"genco.baselines.{module}"), cls)
+        takes_seed = "seed" in inspect.signature(policy_class).parameters
+        return policy_class(seed=seed) if takes_seed else policy_class()
     return make
 
 

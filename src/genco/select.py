@@ -10,6 +10,7 @@ its exact propensity, so that served traffic is a valid log for the next round o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ import torch
 from genco.contract import Request, Selection
 from genco.data import EncodedRows, batch_indices, collate, encode, selections_at
 from genco.model import Encoded, GenCO
+
+if TYPE_CHECKING:
+    from genco.files import ReadReport
 
 
 @dataclass

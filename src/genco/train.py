@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from genco import console
 from genco.data import EncodedRows, batch_indices, collate
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
+
+if TYPE_CHECKING:
+    from genco.files import ReadReport
 
 
 @dataclass
