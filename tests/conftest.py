@@ -55,6 +55,26 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def assert_valid_choices(choices, requests, *, greedy: bool) -> None:
+    """What every policy's answer must satisfy, whatever the policy: one valid position per component the
+    request has (-1 exactly where it lacks one), a propensity in (0, 1] (1 in greedy mode), a selection per row."""
+    import numpy as np
+
+    from genco.baselines.base import request_counts
+
+    counts = request_counts(requests)  # (n, M)
+    assert choices.positions.shape == counts.shape
+    present = counts > 0
+    assert np.array_equal(choices.positions >= 0, present), "-1 exactly where the request lacks the component"
+    assert np.all(choices.positions < np.maximum(counts, 1))
+    assert np.all((choices.propensity > 0) & (choices.propensity <= 1))
+    if greedy:
+        assert np.all(choices.propensity == 1)
+    assert len(choices.selections) == len(requests)
+    for selection, row in zip(choices.selections, present):
+        assert len(selection) == row.sum()
+
+
 class EasyWorld:
     """A small, easy world held in memory: few candidates, strong effects, plenty of logs for its size."""
 

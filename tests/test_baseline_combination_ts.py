@@ -10,17 +10,9 @@ import pytest
 from genco.baselines.base import RandomPolicy, request_counts
 from genco.baselines.combination_ts import CombinationTS, _PriorMax
 
+from .conftest import assert_valid_choices
 
-def assert_valid(choices, requests, *, greedy: bool) -> None:
-    counts = request_counts(requests)  # (n, M)
-    assert choices.positions.shape == counts.shape
-    absent = counts == 0
-    assert np.array_equal(choices.positions == -1, absent), "-1 exactly where the request lacks the component"
-    assert np.all(choices.positions[~absent] < counts[~absent])
-    assert np.all((choices.propensity > 0) & (choices.propensity <= 1))
-    if greedy:
-        assert np.all(choices.propensity == 1)
-    assert len(choices.selections) == len(requests)
+
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +29,7 @@ def test_beats_random(easy_world, fitted):
 @pytest.mark.parametrize("greedy", [True, False])
 def test_choices_are_valid(easy_world, fitted, greedy):
     assert (request_counts(easy_world.requests) == 0).any(), "the fixture should have requests lacking a component"
-    assert_valid(fitted.choose(easy_world.requests, greedy=greedy, seed=5), easy_world.requests, greedy=greedy)
+    assert_valid_choices(fitted.choose(easy_world.requests, greedy=greedy, seed=5), easy_world.requests, greedy=greedy)
 
 
 def test_greedy_serves_the_best_logged_arm(easy_world, fitted):
@@ -71,7 +63,7 @@ def test_more_combinations_than_the_limit(easy_world):
     totals = np.prod(np.maximum(request_counts(easy_world.requests), 1), axis=1)
     assert (totals > 10).any()
     for greedy in (True, False):
-        assert_valid(limited.choose(easy_world.requests, greedy=greedy, seed=1), easy_world.requests, greedy=greedy)
+        assert_valid_choices(limited.choose(easy_world.requests, greedy=greedy, seed=1), easy_world.requests, greedy=greedy)
 
 
 def test_prior_max_matches_brute_force():

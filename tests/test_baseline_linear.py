@@ -11,6 +11,8 @@ from genco.baselines.linear import LinTS, LinUCB
 from genco.data import collate
 from genco.world import WorldConfig, simulate_in_memory
 
+from .conftest import assert_valid_choices
+
 POLICIES = {"linucb": LinUCB, "lints": LinTS}
 
 
@@ -19,14 +21,6 @@ def fitted(request, easy_world):
     return POLICIES[request.param]().fit(easy_world.logs)
 
 
-def assert_valid(requests, chosen) -> None:
-    counts = request_counts(requests)  # (n, M)
-    assert (counts == 0).any(), "the easy world should have requests that lack a component"
-    assert chosen.positions.shape == counts.shape
-    assert ((chosen.positions == -1) == (counts == 0)).all(), "-1 exactly where the request lacks the component"
-    assert (chosen.positions < np.maximum(counts, 1)).all()
-    assert ((chosen.propensity > 0) & (chosen.propensity <= 1)).all()
-    assert len(chosen.selections) == len(requests)
 
 
 def test_beats_random(easy_world, fitted):
@@ -38,7 +32,8 @@ def test_beats_random(easy_world, fitted):
 @pytest.mark.parametrize("greedy", [True, False])
 def test_choices_are_valid(easy_world, fitted, greedy):
     chosen = fitted.choose(easy_world.requests, greedy=greedy, seed=3)
-    assert_valid(easy_world.requests, chosen)
+    assert (request_counts(easy_world.requests) == 0).any(), "the easy world should have requests that lack a component"
+    assert_valid_choices(chosen, easy_world.requests, greedy=greedy)
     if greedy or fitted.name == "linucb":
         assert (chosen.propensity == 1).all(), "greedy and UCB choices are deterministic"
     else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,20 +11,14 @@ from genco.baselines.base import RandomPolicy, request_counts
 from genco.baselines.mvt import MVTBandit, hill_climb
 from genco.world import WorldConfig, simulate_in_memory
 
+from .conftest import assert_valid_choices
+
 
 @pytest.fixture(scope="module")
 def fitted(easy_world) -> MVTBandit:
     return MVTBandit().fit(easy_world.logs)
 
 
-def assert_valid(requests, chosen) -> None:
-    counts = request_counts(requests)  # (n, M)
-    assert (counts == 0).any(), "the easy world should have requests that lack a component"
-    assert chosen.positions.shape == counts.shape
-    assert ((chosen.positions == -1) == (counts == 0)).all(), "-1 exactly where the request lacks the component"
-    assert (chosen.positions < np.maximum(counts, 1)).all()
-    assert ((chosen.propensity > 0) & (chosen.propensity <= 1)).all()
-    assert len(chosen.selections) == len(requests)
 
 
 def test_beats_random(easy_world, fitted):
@@ -37,7 +30,8 @@ def test_beats_random(easy_world, fitted):
 @pytest.mark.parametrize("greedy", [True, False])
 def test_choices_are_valid(easy_world, fitted, greedy):
     chosen = fitted.choose(easy_world.requests, greedy=greedy, seed=3)
-    assert_valid(easy_world.requests, chosen)
+    assert (request_counts(easy_world.requests) == 0).any(), "the easy world should have requests that lack a component"
+    assert_valid_choices(chosen, easy_world.requests, greedy=greedy)
     if greedy:
         assert (chosen.propensity == 1).all()
         assert ((chosen.score > 0) & (chosen.score < 1)).all()

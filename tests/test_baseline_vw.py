@@ -15,7 +15,8 @@ from genco.baselines.base import RandomPolicy  # noqa: E402
 from genco.baselines.vw_slates import VWSlates, VWUnavailable, escape, example_lines  # noqa: E402
 from genco.contract import LogRow, Request  # noqa: E402
 from genco.data import encode  # noqa: E402
-from tests.conftest import log_row  # noqa: E402
+
+from tests.conftest import assert_valid_choices, log_row  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +24,6 @@ def fitted(easy_world) -> VWSlates:
     return VWSlates().fit(easy_world.logs)
 
 
-def assert_valid(choices, requests, *, greedy: bool) -> None:
-    counts = np.stack([requests.candidate_counts(name) for name in requests.schema.components], axis=1)
-    assert choices.positions.shape == counts.shape
-    present = counts > 0
-    assert np.array_equal(choices.positions >= 0, present), "-1 exactly where a request lacks the component"
-    assert np.all(choices.positions < np.maximum(counts, 1))
-    assert np.all((choices.propensity > 0) & (choices.propensity <= 1))
-    if greedy:
-        assert np.all(choices.propensity == 1)
-    for selection, row in zip(choices.selections, present):
-        assert len(selection) == row.sum()
 
 
 def test_example_text_matches_the_documented_format():
@@ -83,11 +73,11 @@ def test_beats_random_on_the_easy_world(easy_world, fitted):
 def test_greedy_and_explore_choices_are_valid(easy_world, fitted):
     requests = easy_world.requests
     greedy = fitted.choose(requests, greedy=True)
-    assert_valid(greedy, requests, greedy=True)
+    assert_valid_choices(greedy, requests, greedy=True)
     again = fitted.choose(requests, greedy=True)
     assert np.array_equal(greedy.positions, again.positions), "predicting does not change the model"
     explore = fitted.choose(requests, greedy=False, seed=3)
-    assert_valid(explore, requests, greedy=False)
+    assert_valid_choices(explore, requests, greedy=False)
     assert np.any(explore.propensity < 1)
     assert np.array_equal(explore.positions, fitted.choose(requests, greedy=False, seed=3).positions)
 
@@ -100,7 +90,7 @@ def test_a_request_lacking_components(easy_world, fitted):
     request = encode([Request.model_validate({**row, "components": kept})], easy_world.logs.schema)
     for greedy in (True, False):
         chosen = fitted.choose(request, greedy=greedy)
-        assert_valid(chosen, request, greedy=greedy)
+        assert_valid_choices(chosen, request, greedy=greedy)
         assert list(chosen.selections[0]) == [names[-1]]
 
 
