@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -79,6 +80,7 @@ class EasyWorld:
     """A small, easy world held in memory: few candidates, strong effects, plenty of logs for its size."""
 
     def __init__(self, interaction: float = 1.0, seed: int = 7):
+        from genco.baselines.base import request_counts
         from genco.data import encode
         from genco.evaluate import Evaluator
         from genco.world import simulate_in_memory
@@ -87,10 +89,19 @@ class EasyWorld:
         self.world, self.logs, request_rows = simulate_in_memory(config)
         self.requests = encode(request_rows, self.logs.schema)  # EncodedRows, same schema as the logs
         self.evaluator = Evaluator(self.world, request_rows)
+        # the policies' tests rely on it: some requests lack a component
+        assert (request_counts(self.requests) == 0).any(), "the easy world should have requests that lack a component"
 
     def frac(self, choices) -> float:
         """Fraction of the oracle's lift that a policy's Choices capture."""
         return self.evaluator.score(choices.selections)["frac_of_oracle_lift"]
+
+    @functools.cached_property
+    def random_frac(self) -> float:
+        """The same for uniform random choices: the bar every policy's test must clear."""
+        from genco.baselines.base import RandomPolicy
+
+        return self.frac(RandomPolicy().choose(self.requests, seed=0))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from genco.baselines.base import RandomPolicy, request_counts
 from genco.baselines.linear import LinTS, LinUCB
 from genco.data import collate
 from genco.world import WorldConfig, simulate_in_memory
@@ -24,7 +23,7 @@ def fitted(request, easy_world):
 
 
 def test_beats_random(easy_world, fitted):
-    random_frac = easy_world.frac(RandomPolicy().choose(easy_world.requests, seed=0))
+    random_frac = easy_world.random_frac
     frac = easy_world.frac(fitted.choose(easy_world.requests, greedy=True))
     assert frac > 0.15 and frac > random_frac + 0.1, (fitted.name, frac, random_frac)
 
@@ -32,7 +31,6 @@ def test_beats_random(easy_world, fitted):
 @pytest.mark.parametrize("greedy", [True, False])
 def test_choices_are_valid(easy_world, fitted, greedy):
     chosen = fitted.choose(easy_world.requests, greedy=greedy, seed=3)
-    assert (request_counts(easy_world.requests) == 0).any(), "the easy world should have requests that lack a component"
     assert_valid_choices(chosen, easy_world.requests, greedy=greedy)
     if greedy or fitted.name == "linucb":
         assert (chosen.propensity == 1).all(), "greedy and UCB choices are deterministic"

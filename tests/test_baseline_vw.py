@@ -11,7 +11,6 @@ pytest.importorskip(
     "vowpalwabbit", reason="the optional `vowpalwabbit` package is not installed (pip install 'genco[vw]')"
 )
 
-from genco.baselines.base import RandomPolicy  # noqa: E402
 from genco.baselines.vw_slates import VWSlates, VWUnavailable, escape, example_lines  # noqa: E402
 from genco.contract import LogRow, Request  # noqa: E402
 from genco.data import encode  # noqa: E402
@@ -66,7 +65,7 @@ def test_slots_are_the_components_a_row_has_and_ids_are_escaped():
 
 def test_beats_random_on_the_easy_world(easy_world, fitted):
     vw = easy_world.frac(fitted.choose(easy_world.requests))
-    random = easy_world.frac(RandomPolicy().choose(easy_world.requests))
+    random = easy_world.random_frac
     assert vw > random + 0.1, (vw, random)
 
 

@@ -42,7 +42,8 @@ class BenchPlan:
     fixed_world: bool = False  # offline: every seed keeps the world of seed 1 (seeds move training and selection)
 
     @classmethod
-    def make(cls, *, quick: bool, seeds: int, impressions: int | None, policies: list[str], scenarios: list[str]) -> "BenchPlan":
+    def make(cls, *, quick: bool, seeds: int, impressions: int | None, policies: list[str], scenarios: list[str],
+             fixed_world: bool = False) -> "BenchPlan":
         from genco.errors import GencoInputError
 
         unknown = [p for p in policies if p not in ("oracle", *policy_names())]
@@ -55,12 +56,12 @@ class BenchPlan:
             return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, min(seeds, 2) + 1)), sweep_seeds=[1],
                        impressions=impressions or 4_000, requests=300, interaction=[0.0, 2.0], candidates=[5, 30],
                        log_sizes=[2_000, 8_000], loop=bench.LoopConfig(warm_start=1_000, rounds=2, per_round=1_000),
-                       scaling_sizes=[5, 30], options={"epochs": 2}, chosen_policies=bool(policies))
+                       scaling_sizes=[5, 30], options={"epochs": 2}, chosen_policies=bool(policies), fixed_world=fixed_world)
         return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, seeds + 1)), sweep_seeds=[1],
                    impressions=impressions or 50_000, requests=1_000, interaction=[0.0, 1.0, 2.0],
                    candidates=[5, 15, 50, 150], log_sizes=[10_000, 50_000, 100_000],
                    loop=bench.LoopConfig(warm_start=5_000, rounds=4, per_round=5_000), scaling_sizes=[5, 15, 50, 150],
-                   options={}, chosen_policies=bool(policies))
+                   options={}, chosen_policies=bool(policies), fixed_world=fixed_world)
 
     def subset(self, default: list[str]) -> list[str]:
         return self.policies if self.chosen_policies else [p for p in default if p in self.policies]

@@ -257,8 +257,8 @@ def bench(
         console.out.print("\n".join(out_names))
         return
     plan = BenchPlan.make(quick=quick, seeds=seeds, impressions=impressions,
-                          policies=[p for p in policies.split(",") if p], scenarios=[s for s in scenarios.split(",") if s])
-    plan.fixed_world = fixed_world
+                          policies=[p for p in policies.split(",") if p], scenarios=[s for s in scenarios.split(",") if s],
+                          fixed_world=fixed_world)
     run_bench(plan, out, json_path)
 
 
