@@ -15,7 +15,8 @@ from tests.conftest import run_genco, write_jsonl
 @pytest.fixture(scope="module")
 def model_dir(train_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "model"
-    result = run_genco("train", "--logs", train_world / "logs.jsonl", "--out", out, "--epochs", "2", "--seed", "3", "--quiet")
+    result = run_genco("train", "--logs", train_world / "logs.jsonl", "--out", out, "--epochs", "2", "--seed", "3",
+                       "--reward-models", "2", "--rl-epochs", "1", "--quiet")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.split(": ", 1)[1])["best_epoch"] >= 1
     return out

@@ -14,9 +14,10 @@ from genco.data import collate, encode
 from genco.errors import GencoInputError
 from genco.evaluate import Evaluator
 from genco.files import load_requests, read_rows
+from genco.ensemble import RewardEnsemble
 from genco.model import GenCO, ModelConfig
 from genco.model import mix_uniform
-from genco.select import SelectConfig, choose
+from genco.select import SelectConfig, choose, refine
 from genco.train import TrainConfig, losses, save_trained, train
 from genco.world import World
 from tests.conftest import run_genco
@@ -125,16 +126,52 @@ def test_explore_propensity_is_the_probability_of_the_combination(batch_and_mode
         assert 0 < chosen.propensity[row] <= 1
 
 
+def test_ensemble_reward_is_the_mean_of_its_members(batch_and_model):
+    data, batch, model = batch_and_model
+    torch.manual_seed(1)
+    other = GenCO(data.schema, model.config)
+    with torch.no_grad():
+        other.element_effect.weight.normal_()  # members that disagree
+    ensemble = RewardEnsemble.of([model, other])
+    ensemble.eval()
+    enc = ensemble.encode(batch)
+    combos, _ = ensemble.generate(enc, 5, torch.Generator().manual_seed(0))  # (B, 5, M)
+    with torch.no_grad():
+        each = [m.eval().reward(m.encode(batch), combos)[0] for m in (model, other)]
+        assert not torch.allclose(each[0], each[1])
+        assert torch.allclose(ensemble.reward(enc, combos)[0], (each[0] + each[1]) / 2, atol=1e-6)
+        # the generator is member 0's
+        assert torch.equal(combos, model.generate(model.encode(batch), 5, torch.Generator().manual_seed(0))[0])
+
+
+def test_more_starting_points_never_refine_to_a_worse_combination(batch_and_model):
+    data, batch, model = batch_and_model
+    model.eval()
+    with torch.no_grad():
+        model.element_effect.weight.normal_()
+        enc = model.encode(batch)
+        candidates, _ = model.generate(enc, 8, torch.Generator().manual_seed(2), with_greedy=True)
+        creative = model.reward(enc, candidates)[0]
+        values = {}
+        for starts in (1, 4):
+            combo, values[starts] = refine(model, enc, candidates, creative, SelectConfig(refine_starts=starts))
+            assert torch.allclose(model.reward(enc, combo[:, None, :])[0][:, 0], values[starts], atol=1e-5)
+    assert (values[4] >= values[1] - 1e-6).all()
+    assert (values[1] >= creative.max(dim=1).values - 1e-6).all(), "refining never loses the best sample"
+
+
 @pytest.fixture(scope="module")
 def trained(train_world):
     logs = encode(read_rows(train_world / "logs.jsonl", "logs"))
-    result = train(logs, ModelConfig(), TrainConfig(epochs=3, seed=0, batch_size=256))
+    result = train(logs, ModelConfig(), TrainConfig(epochs=3, seed=0, batch_size=256, reward_models=2))
     return logs, result
 
 
 def test_trained_model_beats_random(train_world, trained):
     logs, result = trained
     requests = load_requests(train_world / "requests.jsonl")
+    assert isinstance(result.model, RewardEnsemble) and len(result.model.members) == 2
+    assert {r.member for r in result.history if r.stage == "reward"} == {0, 1}
     chosen = choose(result.model, encode(requests, logs.schema), greedy=True)
     figures = Evaluator(World.load(train_world), requests).score(chosen.selections)
     assert figures["ctr"] > figures["random_ctr"] * 1.1
@@ -184,6 +221,13 @@ def test_bad_model_folders_are_clear_errors(train_world, trained, tmp_path):
     (mismatch / "genco.json").write_text(json.dumps(meta))
     (mismatch / "model.safetensors").write_bytes((tmp_path / "good" / "model.safetensors").read_bytes())
     cases["mismatch"] = mismatch
+    fewer = tmp_path / "fewer-members"
+    fewer.mkdir()
+    meta = json.loads((tmp_path / "good" / "genco.json").read_text())
+    meta["ensemble"]["members"] = 2
+    (fewer / "genco.json").write_text(json.dumps(meta))
+    (fewer / "model.safetensors").write_bytes((tmp_path / "good" / "model.safetensors").read_bytes())
+    cases["fewer-members"] = fewer
     for name, folder in cases.items():
         with pytest.raises(GencoInputError):
             load_model(folder)

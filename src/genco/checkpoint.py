@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from genco.autoregressive import AutoregressiveGenCO
 from genco.data import FeatureSchema
+from genco.ensemble import RewardEnsemble
 from genco.errors import GencoInputError
 from genco.files import atomic_write_bytes
 from genco.model import GenCO, ModelConfig
@@ -42,6 +43,8 @@ def save_model(model: torch.nn.Module, directory: str | Path, extra: dict[str, A
         "model_config": model.config.to_dict(),
         **extra,
     }
+    if isinstance(model, RewardEnsemble):
+        meta["ensemble"] = {"members": len(model.members), "member_kind": type(model.primary).__name__}
     atomic_write_bytes(directory / "genco.json", json.dumps(meta, indent=2).encode())
 
 
@@ -62,17 +65,21 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(directory: str | Path) -> tuple[GenCO, dict[str, Any]]:
+def load_model(directory: str | Path) -> tuple[GenCO | RewardEnsemble, dict[str, Any]]:
     """The model in eval mode and its metadata; a clear GencoInputError for anything wrong with the folder."""
     directory = Path(directory)
     meta = read_meta(directory)
     try:
         schema = FeatureSchema(**meta["schema"])
         config = ModelConfig(**meta["model_config"])
-        cls = MODEL_KINDS[meta.get("kind", "GenCO")]
-    except (KeyError, TypeError) as exc:
+        kind = meta.get("kind", "GenCO")
+        if kind == "RewardEnsemble":
+            ensemble = meta["ensemble"]
+            model = RewardEnsemble(schema, config, int(ensemble["members"]), MODEL_KINDS[ensemble["member_kind"]])
+        else:
+            model = MODEL_KINDS[kind](schema, config)
+    except (KeyError, TypeError, ValueError) as exc:
         raise GencoInputError(f"{directory}/genco.json: incomplete or unknown model description ({exc})") from None
-    model = cls(schema, config)
     try:
         state = load_file(str(directory / "model.safetensors"))
     except FileNotFoundError:

@@ -166,6 +166,7 @@ def train(
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
     k: Annotated[int, typer.Option("--k", help="Combinations sampled per context for the policy gradient.")] = 16,
     rl_epochs: Annotated[int, typer.Option(help="Generator (policy-gradient) epochs after the reward model.")] = 2,
+    reward_models: Annotated[int, typer.Option(help="Reward models in the ensemble, each trained apart (seed, split); the served argmax is their mean's. 1: a single model.")] = 3,
     rl_weight: Annotated[float, typer.Option(help="lambda, the weight of the policy-gradient term.")] = 0.15,
     holdout: Annotated[float, typer.Option(help="Share of logs held out for AUC, log loss and early stopping.")] = 0.1,
     dim: Annotated[int, typer.Option(help="Element embedding width.")] = 32,
@@ -180,12 +181,15 @@ def train(
     console.set_quiet(quiet)
     if not 0 <= holdout < 1:
         raise GencoInputError("--holdout must be in [0, 1)")
+    if reward_models < 1:
+        raise GencoInputError("--reward-models must be >= 1")
     data, report = read_logs(logs, on_bad_row=on_bad_row.value)
     if data.click.sum() == 0:
         raise GencoInputError(f"{logs}: no clicks in {len(data)} rows: nothing to learn from")
     model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
-                               rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl)
+                               rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
+                               reward_models=reward_models)
     note(f"training on {len(data)} impressions ({int(data.click.sum())} clicks), components: {', '.join(data.schema.components)}")
     result = run(data, model_config, train_config)
     save_trained(result, out, train_config, {"logs": str(logs), "skipped_rows": dict(report.skipped)})
@@ -202,6 +206,7 @@ def select(
     greedy: Annotated[bool, typer.Option("--greedy/--explore", help="Greedy: the best combination found (propensity 1). Explore: a sample from the policy with its propensity.")] = False,
     k: Annotated[int, typer.Option("--k", help="Combinations sampled and scored per request (greedy mode).")] = 16,
     refine_passes: Annotated[int, typer.Option(help="Coordinate-ascent passes on the reward model after sampling (greedy mode).")] = 2,
+    refine_starts: Annotated[int, typer.Option(help="Greedy mode: coordinate ascent starts from this many of the best candidates.")] = 4,
     epsilon: Annotated[float, typer.Option(help="Explore mode: share of uniform exploration per component.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Random seed for sampling.")] = 0,
     on_bad_row: OnBadRow = OnBadRowChoice.error,
@@ -212,10 +217,10 @@ def select(
     from genco.select import SelectConfig, select_file
 
     console.set_quiet(quiet)
-    if k < 0 or refine_passes < 0 or not 0 <= epsilon <= 1:
-        raise GencoInputError("--k and --refine-passes must be >= 0 and --epsilon in [0, 1]")
+    if k < 0 or refine_passes < 0 or refine_starts < 1 or not 0 <= epsilon <= 1:
+        raise GencoInputError("--k and --refine-passes must be >= 0, --refine-starts >= 1 and --epsilon in [0, 1]")
     loaded, _ = load_model(model)
-    config = SelectConfig(k=k, refine_passes=refine_passes, epsilon=epsilon)
+    config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon)
     report = select_file(loaded, requests, out, greedy=greedy, config=config, seed=seed, on_bad_row=on_bad_row.value)
     note(f"wrote {report.rows} selections to {out}")
 

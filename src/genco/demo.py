@@ -36,8 +36,9 @@ class DemoSize:
     rl_epochs: int  # generator epochs
 
 
-# Sized for 2 cores: four GenCO fits in a few minutes. `genco bench` measures at larger scale.
-FULL = DemoSize(impressions=50_000, requests=2_000, epochs=8, rl_epochs=1)
+# Sized for 2 cores: four GenCO fits (three reward models each) in under 5 minutes. `genco bench` measures
+# at larger scale.
+FULL = DemoSize(impressions=40_000, requests=2_000, epochs=6, rl_epochs=1)
 QUICK = DemoSize(impressions=12_000, requests=400, epochs=2, rl_epochs=1)
 
 

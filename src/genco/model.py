@@ -61,6 +61,11 @@ class Encoded:
         return Encoded(self.h[which], self.appeal[which], self.e[which], self.effect[which], self.mask[which],
                        self.slices, self.slot_component)
 
+    def repeat_rows(self, times: int) -> "Encoded":
+        """Every row `times` times in a row: (B, ...) -> (B * times, ...)."""
+        r = torch.arange(self.h.shape[0]).repeat_interleave(times)
+        return Encoded(self.h[r], self.appeal[r], self.e[r], self.effect[r], self.mask[r], self.slices, self.slot_component)
+
     def detached(self) -> "Encoded":
         return Encoded(self.h.detach(), self.appeal.detach(), self.e.detach(), self.effect.detach(), self.mask,
                        self.slices, self.slot_component)

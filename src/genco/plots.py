@@ -22,26 +22,34 @@ def _save(fig, path: str | Path) -> None:
 
 
 def training_curve(history: Sequence, path: str | Path, title: str = "GenCO training") -> None:
-    """Reward model: train and held-out log loss, held-out AUC. Generator: held-out reward of its greedy pick."""
+    """Reward model(s): train and held-out log loss, held-out AUC, per member of the ensemble, the kept epoch
+    marked. Generator: held-out reward of its greedy pick, through every epoch of both stages."""
     reward = [r for r in history if r.stage == "reward"]
     gen = [r for r in history if r.stage == "generator"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    x = [r.epoch for r in reward]
-    axes[0].plot(x, [r.train_comb for r in reward], "o-", label="train: combination BCE")
-    axes[0].plot(x, [r.heldout_logloss for r in reward], "o-", label="held-out log loss")
+    for member in sorted({r.member for r in reward}):
+        rows = [r for r in reward if r.member == member]
+        x = [r.epoch for r in rows]
+        name = f"reward model {member + 1}"
+        color = f"C{member}"
+        axes[0].plot(x, [r.train_comb for r in rows], "--", color=color, alpha=0.6, label=f"{name}: train BCE")
+        axes[0].plot(x, [r.heldout_logloss for r in rows], "o-", color=color, label=f"{name}: held-out")
+        axes[1].plot(x, [r.heldout_auc for r in rows], "o-", color=color, label=name)
+        kept = min(rows, key=lambda r: r.heldout_logloss)
+        axes[0].plot([kept.epoch], [kept.heldout_logloss], "*", color="black", markersize=12)
+        axes[1].plot([kept.epoch], [kept.heldout_auc], "*", color="black", markersize=12)
     axes[0].set_ylabel("log loss")
-    axes[0].legend()
-    axes[1].plot(x, [r.heldout_auc for r in reward], "o-", color="tab:green")
+    axes[0].legend(fontsize=7)
     axes[1].set_ylabel("held-out AUC")
-    best = min(reward, key=lambda r: r.heldout_logloss)
+    axes[1].legend(fontsize=7)
     for ax in axes[:2]:
-        ax.axvline(best.epoch, color="grey", linestyle=":")
-        ax.set_xlabel("reward-model epoch (dotted: kept)")
-    axes[2].plot([r.epoch for r in history], [r.heldout_generator_reward for r in history], "o-", color="tab:purple")
+        ax.set_xlabel("reward-model epoch (star: kept)")
+    step = list(range(1, len(history) + 1))
+    axes[2].plot(step, [r.heldout_generator_reward for r in history], "o-", color="tab:purple")
     if gen:
-        axes[2].axvspan(gen[0].epoch - 0.5, gen[-1].epoch + 0.5, color="tab:purple", alpha=0.08, label="policy gradient")
+        axes[2].axvspan(len(history) - len(gen) + 0.5, len(history) + 0.5, color="tab:purple", alpha=0.08, label="policy gradient")
         axes[2].legend()
-    axes[2].set_xlabel("epoch")
+    axes[2].set_xlabel("epoch, both stages in order")
     axes[2].set_ylabel("creative logit of the generator's pick")
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -46,6 +46,7 @@ GENCO_VARIANTS: dict[str, dict] = {
     "genco-no-mil": {"mil": False},
     "genco-no-rl": {"rl": False},
     "genco-sampling-only": {"refine_passes": 0},
+    "genco-one-reward-model": {"reward_models": 1},
     "genco-autoregressive": {"model_class": AutoregressiveGenCO},
 }
 

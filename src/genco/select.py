@@ -1,8 +1,10 @@
 """Serving decisions: generate K combinations, score them with the reward model, answer one.
 
 Greedy mode: the generator's most likely combination plus K samples, all scored by the reward model; the
-best is then refined by a few passes of coordinate ascent on the reward model (each component re-chosen
-given the others; cost grows with the sum of the pool sizes, never their product). Propensity 1.
+best few are then refined by a few passes of coordinate ascent on the reward model (each component re-chosen
+given the others; cost grows with the sum of the pool sizes, never their product), and the best result is
+answered. Several starting points, because pairwise interactions give the reward model local optima that one
+ascent can stop in. Propensity 1.
 Explore mode: one combination sampled from pi mixed with a little uniform exploration per component, with
 its exact propensity, so that served traffic is a valid log for the next round of training.
 """
@@ -20,6 +22,7 @@ from genco.data import EncodedRows, batch_indices, collate, encode, selections_a
 from genco.model import Encoded, GenCO
 
 if TYPE_CHECKING:
+    from genco.ensemble import EnsembleEncoded, RewardEnsemble
     from genco.files import ReadReport
 
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 class SelectConfig:
     k: int = 16  # samples scored per request
     refine_passes: int = 2  # coordinate-ascent passes on the reward model (0: sampling alone)
+    refine_starts: int = 4  # the best this many of the 1 + K candidates are each refined
     epsilon: float = 0.05  # explore mode: share of uniform exploration per component
     batch_size: int = 256
 
@@ -41,7 +45,7 @@ class Choices:
     selections: list[dict[str, str]]
 
 
-def coordinate_ascent(model: GenCO, enc: Encoded, combo: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def coordinate_ascent(model: "GenCO | RewardEnsemble", enc: "Encoded | EnsembleEncoded", combo: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Improve (B, M) combinations on the reward model, one component at a time. Returns combo, creative logit."""
     best, _, _ = model.reward(enc, combo[:, None, :])
     best = best[:, 0]
@@ -66,8 +70,20 @@ def coordinate_ascent(model: GenCO, enc: Encoded, combo: torch.Tensor, passes: i
     return combo, best
 
 
+def refine(model: "GenCO | RewardEnsemble", enc: "Encoded | EnsembleEncoded", candidates: torch.Tensor,
+           creative: torch.Tensor, config: SelectConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinate ascent from the best `refine_starts` candidates (B, C, M) scored (B, C): best combo (B, M), logit (B,)."""
+    B, C, M = candidates.shape
+    starts = min(config.refine_starts, C)
+    top = creative.topk(starts, dim=1).indices  # (B, S)
+    start = candidates.gather(1, top[..., None].expand(-1, -1, M)).reshape(B * starts, M)
+    combo, value = coordinate_ascent(model, enc.repeat_rows(starts) if starts > 1 else enc, start, config.refine_passes)
+    value, best = value.view(B, starts).max(dim=1)
+    return combo.view(B, starts, M)[torch.arange(B), best], value
+
+
 @torch.no_grad()
-def choose(model: GenCO, data: EncodedRows, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> Choices:
+def choose(model: "GenCO | RewardEnsemble", data: EncodedRows, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> Choices:
     """Pick one combination for every row of `data` (requests)."""
     config = config or SelectConfig()
     model.eval()
@@ -79,11 +95,11 @@ def choose(model: GenCO, data: EncodedRows, *, greedy: bool, config: SelectConfi
         if greedy:
             candidates, _ = model.generate(enc, config.k, generator, with_greedy=True)  # (B, 1 + K, M)
             creative, _, _ = model.reward(enc, candidates)  # (B, 1 + K)
-            combo = candidates[torch.arange(batch.size), creative.argmax(dim=1)]  # (B, M)
             if config.refine_passes:
-                combo, creative_best = coordinate_ascent(model, enc, combo, config.refine_passes)
+                combo, creative_best = refine(model, enc, candidates, creative, config)
             else:
-                creative_best = creative.max(dim=1).values
+                creative_best, best = creative.max(dim=1)
+                combo = candidates[torch.arange(batch.size), best]  # (B, M)
             logit = enc.appeal + creative_best
             propensity = torch.ones(batch.size)
         else:
@@ -97,7 +113,7 @@ def choose(model: GenCO, data: EncodedRows, *, greedy: bool, config: SelectConfi
     return Choices(np.concatenate(positions), np.concatenate(scores), np.concatenate(propensities), selections)
 
 
-def select_requests(model: GenCO, requests: list[Request], *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> list[Selection]:
+def select_requests(model: "GenCO | RewardEnsemble", requests: list[Request], *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> list[Selection]:
     """Typed requests in, typed selections out (same order)."""
     data = encode(requests, model.schema)
     chosen = choose(model, data, greedy=greedy, config=config, seed=seed)
@@ -107,7 +123,7 @@ def select_requests(model: GenCO, requests: list[Request], *, greedy: bool, conf
     ]
 
 
-def select_file(model: GenCO, requests_path, out_path, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0,
+def select_file(model: "GenCO | RewardEnsemble", requests_path, out_path, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0,
                 on_bad_row: str = "error", chunk: int = 4096) -> "ReadReport":
     """`genco select`: stream requests, answer them chunk by chunk, write selections atomically (same order).
 

@@ -19,6 +19,7 @@ logs are a moving average of the training weights, and the best epoch's are kept
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,7 @@ class TrainConfig:
     mil_weight: float = 1.0
     mil: bool = True
     rl: bool = True
+    reward_models: int = 3  # an ensemble: the served argmax is their mean's (see genco.ensemble)
     threads: int = 0  # torch threads; 0: torch's default
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,8 +68,9 @@ class TrainConfig:
 
 @dataclass
 class EpochRecord:
-    epoch: int
+    epoch: int  # within its stage and member
     stage: str  # "reward" (L_comb + L_elem) or "generator" (L_RL)
+    member: int  # which reward model of the ensemble (0 for the generator)
     train_loss: float
     train_comb: float
     train_elem: float
@@ -89,7 +92,8 @@ class TrainResult:
 
     @property
     def best(self) -> EpochRecord:
-        return self.history[self.best_epoch - 1]
+        """The kept epoch of the first reward model."""
+        return next(r for r in self.history if r.stage == "reward" and r.member == 0 and r.epoch == self.best_epoch)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -98,6 +102,7 @@ class TrainResult:
             "heldout_logloss": self.best.heldout_logloss,
             "train_seconds": self.seconds,
             "epochs": len(self.history),
+            "reward_models": len({r.member for r in self.history if r.stage == "reward"}),
             "impressions": self.impressions,
             "impressions_per_second": self.impressions * len(self.history) / max(self.seconds, 1e-9),
         }
@@ -187,68 +192,58 @@ def _optimizer(model: GenCO, config: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def train(data: EncodedRows, model_config: ModelConfig | None = None, config: TrainConfig | None = None,
-          model: GenCO | None = None, model_class: type[GenCO] = GenCO) -> TrainResult:
-    """Train on encoded logs; returns the model (best held-out weights, eval mode) and the per-epoch history."""
-    config = config or TrainConfig()
-    if data.click is None:
-        raise ValueError("training needs log rows (with shown and click)")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    if model is None:
-        model = model_class(data.schema, model_config)
-        rate = float(np.clip(data.click.mean(), 1e-4, 1 - 1e-4))
-        with torch.no_grad():
-            model.appeal.bias.fill_(float(np.log(rate / (1 - rate))))  # start at the logs' click rate
-    train_rows, heldout_rows = split(len(data), config.holdout, config.seed)
-    if len(heldout_rows) == 0:
-        heldout_rows = train_rows
-    batch_size = max(16, min(config.batch_size, -(-len(train_rows) // config.min_steps)))
-    result = TrainResult(model=model, impressions=len(train_rows))
-    start = time.perf_counter()
+class _Epochs:
+    """The epoch loop both stages share: batches of the training rows, a held-out check, the best state kept.
 
-    def epochs_of(stage: str, last: int, step) -> None:
-        """Run epochs of one stage; `step(batch) -> dict of loss terms` does the update."""
-        nonlocal best_score, best_state, waited
-        for _ in range(last):
-            epoch = len(result.history) + 1
+    `step(batch) -> dict of loss terms` does one update. After every epoch the held-out rows are scored (for
+    the reward model: log loss; for the generator: the creative logit of its greedy pick); the state of the
+    best epoch is kept, the learning rate is cut after an epoch without improvement, and `patience` of
+    those in a row end the stage. `judge` wraps the held-out check (the reward model is judged on its
+    averaged weights).
+    """
+
+    def __init__(self, data: EncodedRows, config: TrainConfig, history: list[EpochRecord], batch_size: int):
+        self.data, self.config, self.history, self.batch_size = data, config, history, batch_size
+
+    def run(self, model, stage: str, member: int, rows: np.ndarray, heldout: np.ndarray, step, optimizer,
+            max_epochs: int, seed: int, best_score: float = float("inf"), judge=contextlib.nullcontext):
+        """Returns the best state (None if no epoch beat best_score) and its epoch number (0 if none)."""
+        config, best_state, best_epoch, waited = self.config, None, 0, 0
+        label = stage if member == 0 and stage == "generator" else f"{stage} {member + 1}"
+        for epoch in range(1, max_epochs + 1):
             began = time.perf_counter()
             sums = {"total": 0.0, "comb": 0.0, "elem": 0.0, "rl": 0.0}
             steps = 0
-            with console.progress(f"{stage} epoch {epoch}", -(-len(train_rows) // batch_size)) as bar:
-                for idx in batch_indices(len(train_rows), batch_size, shuffle=True, seed=config.seed * 1000 + epoch):
-                    for key, value in step(collate(data, train_rows[idx])).items():
+            with console.progress(f"{label} epoch {epoch}", -(-len(rows) // self.batch_size)) as bar:
+                for idx in batch_indices(len(rows), self.batch_size, shuffle=True, seed=seed * 1000 + epoch):
+                    for key, value in step(collate(self.data, rows[idx])).items():
                         sums[key] += float(value)
                     steps += 1
                     bar.advance()
                     if steps % 20 == 0:
                         bar.update(status=f"loss {sums['total'] / steps:.4f}")
-            if stage == "reward":
-                swap_average()  # judge (and keep) the averaged weights; training resumes from the live ones
-            p = predict_shown(model, data, heldout_rows)
-            y = data.click[heldout_rows]
-            record = EpochRecord(
-                epoch=epoch, stage=stage, train_loss=sums["total"] / steps, train_comb=sums["comb"] / steps,
-                train_elem=sums["elem"] / steps, train_rl=sums["rl"] / steps, heldout_auc=auc(y, p),
-                heldout_logloss=log_loss(y, p), heldout_generator_reward=generator_reward(model, data, heldout_rows),
-                seconds=time.perf_counter() - began, lr=float(optimizer.param_groups[-1]["lr"]),
-            )
-            result.history.append(record)
+            with judge():
+                # An ensemble's members hold out different rows, so only a member has honest held-out figures:
+                # the first (the generator stage leaves it unchanged).
+                p = predict_shown(getattr(model, "primary", model), self.data, heldout)
+                y = self.data.click[heldout]
+                record = EpochRecord(
+                    epoch=epoch, stage=stage, member=member, train_loss=sums["total"] / steps,
+                    train_comb=sums["comb"] / steps, train_elem=sums["elem"] / steps, train_rl=sums["rl"] / steps,
+                    heldout_auc=auc(y, p), heldout_logloss=log_loss(y, p),
+                    heldout_generator_reward=generator_reward(model, self.data, heldout),
+                    seconds=time.perf_counter() - began, lr=float(optimizer.param_groups[-1]["lr"]),
+                )
+                score = record.heldout_logloss if stage == "reward" else -record.heldout_generator_reward
+                improved = score < best_score - 1e-6
+                if improved:
+                    best_score, best_state, best_epoch, waited = score, copy.deepcopy(model.state_dict()), epoch, 0
+            self.history.append(record)
             console.note(
-                f"{stage:9s} epoch {epoch:2d}  loss {record.train_loss:.4f}  held-out AUC {record.heldout_auc:.4f}  "
+                f"{label:10s} epoch {epoch:2d}  loss {record.train_loss:.4f}  held-out AUC {record.heldout_auc:.4f}  "
                 f"log loss {record.heldout_logloss:.5f}  generator reward {record.heldout_generator_reward:+.3f}  "
                 f"({record.seconds:.0f}s)"
             )
-            score = record.heldout_logloss if stage == "reward" else -record.heldout_generator_reward
-            improved = score < best_score - 1e-6
-            if improved:
-                best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
-                if stage == "reward":
-                    result.best_epoch = epoch
-            if stage == "reward":
-                swap_average()
             if not improved:
                 waited += 1
                 for group in optimizer.param_groups:
@@ -256,24 +251,46 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
                 if waited >= config.patience:
                     console.note(f"early stop: no held-out improvement for {waited} epochs")
                     break
+        return best_state, best_epoch
 
-    # stage 1: the multi-instance reward model (L_comb + L_elem), with the learning rate cut on plateaus.
-    # An exponential moving average of the weights is what gets judged and kept: with a few clicks per
-    # element the last step's weights are noisy, the average much less so.
+
+def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple[GenCO, int]:
+    """Stage 1 for one reward model (L_comb + L_elem) on its own split: the model with its kept weights, and the kept epoch.
+
+    The learning rate is cut on plateaus, and an exponential moving average of the weights is what gets
+    judged and kept: with a few clicks per element the last step's weights are noisy, the average much less
+    so.
+    """
+    config = loop.config
+    torch.manual_seed(seed)
+    model = make_model()
+    rate = float(np.clip(loop.data.click.mean(), 1e-4, 1 - 1e-4))
+    with torch.no_grad():
+        model.appeal.bias.fill_(float(np.log(rate / (1 - rate))))  # start at the logs' click rate
+    rows, heldout = split(len(loop.data), config.holdout, seed)
     optimizer = _optimizer(model, config)
-    live = [p for p in model.parameters()]
+    live = list(model.parameters())
     average = [p.detach().clone() for p in live]
     updates = 0
 
-    @torch.no_grad()
-    def swap_average() -> None:
+    @contextlib.contextmanager
+    def averaged():
+        """The averaged weights in the model while it is judged (and perhaps kept); the live ones afterwards."""
+        def swap() -> None:
+            with torch.no_grad():
+                for p, a in zip(live, average):
+                    held = p.detach().clone()
+                    p.copy_(a)
+                    a.copy_(held)
         if config.ema > 0:
-            for p, a in zip(live, average):
-                held = p.detach().clone()
-                p.copy_(a)
-                a.copy_(held)
+            swap()
+        try:
+            yield
+        finally:
+            if config.ema > 0:
+                swap()
 
-    def reward_step(batch) -> dict[str, torch.Tensor]:
+    def step(batch) -> dict[str, torch.Tensor]:
         nonlocal updates
         model.train()
         terms = reward_losses(model, batch, config)
@@ -289,13 +306,46 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
                     a.lerp_(p, 1 - decay)
         return {k: v.detach() for k, v in terms.items()}
 
-    best_score, best_state, waited = float("inf"), None, 0
-    epochs_of("reward", config.epochs, reward_step)
+    best_state, best_epoch = loop.run(model, "reward", member, rows, heldout, step, optimizer, config.epochs, seed,
+                                      judge=averaged)
     model.load_state_dict(best_state)
+    return model, best_epoch
 
-    # stage 2: the generator, by policy gradient against the finished reward model
+
+def train(data: EncodedRows, model_config: ModelConfig | None = None, config: TrainConfig | None = None,
+          model_class: type[GenCO] = GenCO) -> TrainResult:
+    """Train on encoded logs; returns the model (best held-out weights, eval mode) and the per-epoch history.
+
+    With `reward_models` > 1 the result is a RewardEnsemble: member i is trained with seed + 1000 i (its own
+    initialisation, batch order and held-out split), and the generator of member 0 learns against their mean.
+    """
+    from genco.ensemble import RewardEnsemble
+
+    config = config or TrainConfig()
+    if data.click is None:
+        raise ValueError("training needs log rows (with shown and click)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    train_rows, heldout_rows = split(len(data), config.holdout, config.seed)
+    if len(heldout_rows) == 0:
+        heldout_rows = train_rows
+    batch_size = max(16, min(config.batch_size, -(-len(train_rows) // config.min_steps)))
+    start = time.perf_counter()
+    history: list[EpochRecord] = []
+    loop = _Epochs(data, config, history, batch_size)
+
+    members, kept = [], []
+    for i in range(max(1, config.reward_models)):
+        member, epoch = fit_reward_model(lambda: model_class(data.schema, model_config), loop, config.seed + 1000 * i, i)
+        members.append(member)
+        kept.append(epoch)
+    model = members[0] if len(members) == 1 else RewardEnsemble.of(members)
+    result = TrainResult(model=model, history=history, best_epoch=kept[0], impressions=len(train_rows))
+
+    # stage 2: the generator (member 0's), by policy gradient against the finished reward model(s)
     if config.rl and config.rl_epochs > 0:
-        generator_params = [p for n, p in model.named_parameters() if n.startswith(GENERATOR_PARAMETERS)]
+        generator = torch.Generator().manual_seed(config.seed)
+        generator_params = [p for n, p in members[0].named_parameters() if n.startswith(GENERATOR_PARAMETERS)]
         optimizer = torch.optim.Adam(generator_params, lr=config.rl_lr)
 
         def generator_step(batch) -> dict[str, torch.Tensor]:
@@ -306,9 +356,10 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
             optimizer.step()
             return {"total": loss.detach(), "rl": loss.detach() / config.rl_weight}
 
-        best_score, waited = -generator_reward(model, data, heldout_rows), 0
-        epochs_of("generator", config.rl_epochs, generator_step)
-        model.load_state_dict(best_state)
+        best_state, _ = loop.run(model, "generator", 0, train_rows, heldout_rows, generator_step, optimizer,
+                                 config.rl_epochs, config.seed, best_score=-generator_reward(model, data, heldout_rows))
+        if best_state is not None:
+            model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
