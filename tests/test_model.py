@@ -11,12 +11,11 @@ import torch
 from genco.checkpoint import load_model
 from genco.contract import LogRow
 from genco.data import collate, encode
+from genco.ensemble import RewardEnsemble
 from genco.errors import GencoInputError
 from genco.evaluate import Evaluator
 from genco.files import load_requests, read_rows
-from genco.ensemble import RewardEnsemble
-from genco.model import GenCO, ModelConfig
-from genco.model import mix_uniform
+from genco.model import GenCO, ModelConfig, mix_uniform
 from genco.select import SelectConfig, choose, refine
 from genco.train import TrainConfig, losses, save_trained, train
 from genco.world import World
@@ -132,7 +131,7 @@ def test_ensemble_reward_is_the_mean_of_its_members(batch_and_model):
     other = GenCO(data.schema, model.config)
     with torch.no_grad():
         other.element_effect.weight.normal_()  # members that disagree
-    ensemble = RewardEnsemble.of([model, other])
+    ensemble = RewardEnsemble([model, other])
     ensemble.eval()
     enc = ensemble.encode(batch)
     combos, _ = ensemble.generate(enc, 5, torch.Generator().manual_seed(0))  # (B, 5, M)
@@ -221,13 +220,14 @@ def test_bad_model_folders_are_clear_errors(train_world, trained, tmp_path):
     (mismatch / "genco.json").write_text(json.dumps(meta))
     (mismatch / "model.safetensors").write_bytes((tmp_path / "good" / "model.safetensors").read_bytes())
     cases["mismatch"] = mismatch
-    fewer = tmp_path / "fewer-members"
-    fewer.mkdir()
-    meta = json.loads((tmp_path / "good" / "genco.json").read_text())
-    meta["ensemble"]["members"] = 2
-    (fewer / "genco.json").write_text(json.dumps(meta))
-    (fewer / "model.safetensors").write_bytes((tmp_path / "good" / "model.safetensors").read_bytes())
-    cases["fewer-members"] = fewer
+    for members in (1, 3):  # the weights hold 2 reward models
+        wrong = tmp_path / f"{members}-members"
+        wrong.mkdir()
+        meta = json.loads((tmp_path / "good" / "genco.json").read_text())
+        meta["ensemble"]["members"] = members
+        (wrong / "genco.json").write_text(json.dumps(meta))
+        (wrong / "model.safetensors").write_bytes((tmp_path / "good" / "model.safetensors").read_bytes())
+        cases[f"{members}-members"] = wrong
     for name, folder in cases.items():
         with pytest.raises(GencoInputError):
             load_model(folder)

@@ -75,7 +75,7 @@ def load_model(directory: str | Path) -> tuple[GenCO | RewardEnsemble, dict[str,
         kind = meta.get("kind", "GenCO")
         if kind == "RewardEnsemble":
             ensemble = meta["ensemble"]
-            model = RewardEnsemble(schema, config, int(ensemble["members"]), MODEL_KINDS[ensemble["member_kind"]])
+            model = RewardEnsemble.untrained(schema, config, int(ensemble["members"]), MODEL_KINDS[ensemble["member_kind"]])
         else:
             model = MODEL_KINDS[kind](schema, config)
     except (KeyError, TypeError, ValueError) as exc:

@@ -40,27 +40,24 @@ class EnsembleEncoded:
     def appeal(self) -> torch.Tensor:
         return torch.stack([enc.appeal for enc in self.members]).mean(dim=0)  # (B,)
 
-    def repeat_rows(self, times: int) -> "EnsembleEncoded":
+    def repeat_rows(self, times: int) -> EnsembleEncoded:
         return EnsembleEncoded([enc.repeat_rows(times) for enc in self.members])
 
 
 class RewardEnsemble(nn.Module):
     """Member 0 is a whole GenCO (generator and reward model); members 1.. contribute their reward models."""
 
-    def __init__(self, schema: FeatureSchema, config: ModelConfig | None = None, members: int = 3,
-                 member_class: type[GenCO] = GenCO):
+    def __init__(self, members: list[GenCO]):
         super().__init__()
-        if members < 2:
+        if len(members) < 2:
             raise ValueError("an ensemble needs at least 2 reward models")
-        self.schema, self.config = schema, config or ModelConfig()
-        self.members = nn.ModuleList(member_class(schema, self.config) for _ in range(members))
+        self.schema, self.config = members[0].schema, members[0].config
+        self.members = nn.ModuleList(members)
 
     @classmethod
-    def of(cls, members: list[GenCO]) -> "RewardEnsemble":
-        """An ensemble holding these trained members (the first one's generator proposes)."""
-        ensemble = cls(members[0].schema, members[0].config, len(members), type(members[0]))
-        ensemble.members = nn.ModuleList(members)
-        return ensemble
+    def untrained(cls, schema: FeatureSchema, config: ModelConfig, members: int, member_class: type[GenCO] = GenCO) -> RewardEnsemble:
+        """An ensemble of fresh members, for loading weights into."""
+        return cls([member_class(schema, config) for _ in range(members)])
 
     @property
     def primary(self) -> GenCO:

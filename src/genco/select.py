@@ -45,7 +45,7 @@ class Choices:
     selections: list[dict[str, str]]
 
 
-def coordinate_ascent(model: "GenCO | RewardEnsemble", enc: "Encoded | EnsembleEncoded", combo: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def coordinate_ascent(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, combo: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Improve (B, M) combinations on the reward model, one component at a time. Returns combo, creative logit."""
     best, _, _ = model.reward(enc, combo[:, None, :])
     best = best[:, 0]
@@ -70,7 +70,7 @@ def coordinate_ascent(model: "GenCO | RewardEnsemble", enc: "Encoded | EnsembleE
     return combo, best
 
 
-def refine(model: "GenCO | RewardEnsemble", enc: "Encoded | EnsembleEncoded", candidates: torch.Tensor,
+def refine(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, candidates: torch.Tensor,
            creative: torch.Tensor, config: SelectConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate ascent from the best `refine_starts` candidates (B, C, M) scored (B, C): best combo (B, M), logit (B,)."""
     B, C, M = candidates.shape
@@ -83,7 +83,7 @@ def refine(model: "GenCO | RewardEnsemble", enc: "Encoded | EnsembleEncoded", ca
 
 
 @torch.no_grad()
-def choose(model: "GenCO | RewardEnsemble", data: EncodedRows, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> Choices:
+def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> Choices:
     """Pick one combination for every row of `data` (requests)."""
     config = config or SelectConfig()
     model.eval()
@@ -113,7 +113,7 @@ def choose(model: "GenCO | RewardEnsemble", data: EncodedRows, *, greedy: bool, 
     return Choices(np.concatenate(positions), np.concatenate(scores), np.concatenate(propensities), selections)
 
 
-def select_requests(model: "GenCO | RewardEnsemble", requests: list[Request], *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> list[Selection]:
+def select_requests(model: GenCO | RewardEnsemble, requests: list[Request], *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> list[Selection]:
     """Typed requests in, typed selections out (same order)."""
     data = encode(requests, model.schema)
     chosen = choose(model, data, greedy=greedy, config=config, seed=seed)
@@ -123,8 +123,8 @@ def select_requests(model: "GenCO | RewardEnsemble", requests: list[Request], *,
     ]
 
 
-def select_file(model: "GenCO | RewardEnsemble", requests_path, out_path, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0,
-                on_bad_row: str = "error", chunk: int = 4096) -> "ReadReport":
+def select_file(model: GenCO | RewardEnsemble, requests_path, out_path, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0,
+                on_bad_row: str = "error", chunk: int = 4096) -> ReadReport:
     """`genco select`: stream requests, answer them chunk by chunk, write selections atomically (same order).
 
     Requests are checked against the contract and against the model (feature lengths, known components);

@@ -339,7 +339,7 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
         member, epoch = fit_reward_model(lambda: model_class(data.schema, model_config), loop, config.seed + 1000 * i, i)
         members.append(member)
         kept.append(epoch)
-    model = members[0] if len(members) == 1 else RewardEnsemble.of(members)
+    model = members[0] if len(members) == 1 else RewardEnsemble(members)
     result = TrainResult(model=model, history=history, best_epoch=kept[0], impressions=len(train_rows))
 
     # stage 2: the generator (member 0's), by policy gradient against the finished reward model(s)
@@ -365,7 +365,7 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
     return result
 
 
-def read_logs(path, *, on_bad_row: str = "error", max_candidates: int | None = None) -> tuple[EncodedRows, "ReadReport"]:
+def read_logs(path, *, on_bad_row: str = "error", max_candidates: int | None = None) -> tuple[EncodedRows, ReadReport]:
     """Stream, validate and encode a log file or folder (bad rows raise, or are skipped and counted)."""
     from genco.contract import DEFAULT_MAX_CANDIDATES
     from genco.data import encode
