@@ -51,7 +51,8 @@ def main() -> None:
         "impressions": impressions,
         "threads": torch.get_num_threads(),
         "simulate_and_read_seconds": round(simulate_seconds, 1),
-        "reward_epochs": stage_rate["reward"][0],
+        "reward_models": result.summary()["reward_models"],
+        "reward_epochs": stage_rate["reward"][0],  # over all reward models; the rate below is per epoch of one
         "reward_impressions_per_second": stage_rate["reward"][1],
         "generator_epochs": stage_rate["generator"][0],
         "generator_impressions_per_second": stage_rate["generator"][1],

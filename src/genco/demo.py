@@ -39,7 +39,7 @@ class DemoSize:
 # Sized for 2 cores: four GenCO fits (three reward models each) in under 5 minutes. `genco bench` measures
 # at larger scale.
 FULL = DemoSize(impressions=40_000, requests=2_000, epochs=6, rl_epochs=1)
-QUICK = DemoSize(impressions=12_000, requests=400, epochs=2, rl_epochs=1)
+QUICK = DemoSize(impressions=8_000, requests=400, epochs=2, rl_epochs=1)
 
 
 def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
