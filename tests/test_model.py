@@ -159,6 +159,14 @@ def test_more_starting_points_never_refine_to_a_worse_combination(batch_and_mode
     assert (values[1] >= creative.max(dim=1).values - 1e-6).all(), "refining never loses the best sample"
 
 
+def test_an_ensemble_trains_with_nothing_held_out():
+    data = encode(_rows(12))
+    result = train(data, ModelConfig(dim=8, hidden=8), TrainConfig(epochs=1, holdout=0.0, reward_models=2, rl_epochs=1, k=2))
+    assert isinstance(result.model, RewardEnsemble)
+    assert [r.stage for r in result.history] == ["reward", "reward", "generator"]
+    assert all(np.isfinite(r.heldout_logloss) for r in result.history), "judged on the training rows"
+
+
 @pytest.fixture(scope="module")
 def trained(train_world):
     logs = encode(read_rows(train_world / "logs.jsonl", "logs"))

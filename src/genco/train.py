@@ -109,9 +109,10 @@ class TrainResult:
 
 
 def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows and held-out rows; with nothing held out (holdout 0, one row) the training rows are judged."""
     order = np.random.default_rng([seed, 7]).permutation(n)
     cut = int(round(n * holdout)) if n > 1 else 0
-    return order[cut:], order[:cut]
+    return order[cut:], (order[:cut] if cut else order)
 
 
 def reward_losses(model: GenCO, batch, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -327,8 +328,6 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
     if config.threads:
         torch.set_num_threads(config.threads)
     train_rows, heldout_rows = split(len(data), config.holdout, config.seed)
-    if len(heldout_rows) == 0:
-        heldout_rows = train_rows
     batch_size = max(16, min(config.batch_size, -(-len(train_rows) // config.min_steps)))
     start = time.perf_counter()
     history: list[EpochRecord] = []
