@@ -45,10 +45,9 @@ class Choices:
     selections: list[dict[str, str]]
 
 
-def coordinate_ascent(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, combo: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Improve (B, M) combinations on the reward model, one component at a time. Returns combo, creative logit."""
-    best, _, _ = model.reward(enc, combo[:, None, :])
-    best = best[:, 0]
+def coordinate_ascent(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, combo: torch.Tensor, best: torch.Tensor,
+                      passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Improve (B, M) combinations whose creative logits (B,) are `best`, one component at a time. Returns combo, creative logit."""
     for _ in range(passes):
         changed = False
         for m, (a, b) in enumerate(enc.slices):
@@ -75,9 +74,9 @@ def refine(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, candid
     """Coordinate ascent from the best `refine_starts` candidates (B, C, M) scored (B, C): best combo (B, M), logit (B,)."""
     B, C, M = candidates.shape
     starts = min(config.refine_starts, C)
-    top = creative.topk(starts, dim=1).indices  # (B, S)
+    value, top = creative.topk(starts, dim=1)  # (B, S): the starts are already scored
     start = candidates.gather(1, top[..., None].expand(-1, -1, M)).reshape(B * starts, M)
-    combo, value = coordinate_ascent(model, enc.repeat_rows(starts) if starts > 1 else enc, start, config.refine_passes)
+    combo, value = coordinate_ascent(model, enc.repeat_rows(starts), start, value.reshape(B * starts), config.refine_passes)
     value, best = value.view(B, starts).max(dim=1)
     return combo.view(B, starts, M)[torch.arange(B), best], value
 
