@@ -17,7 +17,7 @@ from genco.evaluate import Evaluator
 from genco.files import load_requests, read_rows
 from genco.model import GenCO, ModelConfig, mix_uniform
 from genco.select import SelectConfig, choose, refine
-from genco.train import TrainConfig, losses, save_trained, train
+from genco.train import TrainConfig, best_of_k_advantage, losses, save_trained, train
 from genco.world import World
 from tests.conftest import run_genco
 
@@ -243,3 +243,27 @@ def test_bad_model_folders_are_clear_errors(train_world, trained, tmp_path):
         assert result_cli.returncode == 2, name
         assert str(folder) in result_cli.stderr and "Traceback" not in result_cli.stderr, name
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_best_of_k_credit_goes_to_the_best_sample_only():
+    reward = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 5.0]])
+    advantage = best_of_k_advantage(reward)
+    assert torch.equal(advantage, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))  # drawn twice: nothing to add
+
+
+def test_best_of_k_policy_gradient_is_unbiased_for_the_expected_maximum():
+    """On one categorical pi: the Monte Carlo policy gradient matches the exact gradient of E[max of K draws]."""
+    reward, k, draws = torch.tensor([0.3, -1.0, 2.0, 1.2]), 3, 200_000
+    logits = torch.tensor([0.5, 1.0, -0.5, 0.0], requires_grad=True)
+    p = torch.softmax(logits, 0)
+    order = reward.argsort()  # E[max] = sum_i r_(i) (F_i^K - F_(i-1)^K), F the cumulative pi in reward order
+    cdf = p[order].cumsum(0)
+    expected_max = (reward[order] * (cdf**k - torch.cat([cdf.new_zeros(1), cdf[:-1]]) ** k)).sum()
+    (exact,) = torch.autograd.grad(expected_max, logits)
+    p = p.detach()
+    picks = torch.multinomial(p, draws * k, replacement=True, generator=torch.Generator().manual_seed(0)).view(draws, k)
+    advantage = best_of_k_advantage(reward[picks])  # (draws, K)
+    score = torch.nn.functional.one_hot(picks, 4).float() - p  # grad of log pi(pick) over the logits
+    estimate = (advantage[..., None] * score).sum(1).mean(0)
+    assert torch.allclose(estimate, exact, atol=0.01), (estimate, exact)
+    assert exact.abs().max() > 0.1

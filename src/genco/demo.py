@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 
 from genco import console
+from genco.bench import sampling_alone
 from genco.data import encode
 from genco.evaluate import Evaluator
 from genco.files import atomic_write_bytes, load_requests
@@ -66,7 +68,8 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
         select_seconds = time.perf_counter() - start
         figures = evaluator.score(chosen.selections)
         rows.append({"policy": name, **figures, "fit_seconds": fit_seconds,
-                     "select_seconds_per_1k": 1000 * select_seconds / len(requests)})
+                     "select_seconds_per_1k": 1000 * select_seconds / len(requests),
+                     **sampling_alone(policy, request_data, evaluator, np.arange(len(requests)), seed)})
         if isinstance(policy, GenCOPolicy):
             model_dir = out / "models" / name
             save_trained(policy.result, model_dir, policy.train_config)
@@ -79,12 +82,14 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     oracle, random_ctr = rows[0]["oracle_ctr"], rows[0]["random_ctr"]
     table = Table(title=f"genco demo: interaction world (seed {config.seed}), {config.impressions} logged impressions",
                   caption=f"random exposure CTR {random_ctr:.4f}, oracle CTR {oracle:.4f}")
-    for column in ("policy", "true CTR", "lift vs random", "frac of oracle lift", "fit s", "select s / 1k"):
+    columns = ("policy", "true CTR", "lift vs random", "frac of oracle lift", "sampling only", "fit s", "select s / 1k")
+    for column in columns:
         table.add_column(column, justify="left" if column == "policy" else "right", no_wrap=column == "policy")
-    lines = ["| policy | true CTR | lift vs random | frac of oracle lift | fit s | select s / 1k |", "|---|---|---|---|---|---|"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in rows:
+        sampling = f"{r['frac_sampling_alone']:.3f}" if "frac_sampling_alone" in r else ""
         cells = [r["policy"], f"{r['ctr']:.4f}", f"{r['lift_vs_random']:+.1%}", f"{r['frac_of_oracle_lift']:.3f}",
-                 f"{r['fit_seconds']:.1f}", f"{r['select_seconds_per_1k']:.2f}"]
+                 sampling, f"{r['fit_seconds']:.1f}", f"{r['select_seconds_per_1k']:.2f}"]
         table.add_row(*cells, style="bold" if r["policy"] == "genco" else None)
         lines.append("| " + " | ".join(cells) + " |")
     console.out.print(table)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from genco.autoregressive import AutoregressiveGenCO
 from genco.baselines.base import Policy, RandomPolicy
@@ -38,6 +39,12 @@ class GenCOPolicy(Policy):
     def choose(self, requests: EncodedRows, *, greedy: bool = True, seed: int = 0) -> Choices:
         assert self.model is not None, "fit first"
         return choose(self.model, requests, greedy=greedy, config=self.select_config, seed=seed)
+
+    def choose_by_sampling(self, requests: EncodedRows, *, seed: int = 0) -> Choices:
+        """Greedy, but the best of the generator's 1 + K candidates as they come, without the coordinate ascent
+        on the reward model: what the generator itself finds (the policy gradient's doing)."""
+        assert self.model is not None, "fit first"
+        return choose(self.model, requests, greedy=True, config=replace(self.select_config, refine_passes=0), seed=seed)
 
 
 GENCO_VARIANTS: dict[str, dict] = {
