@@ -24,11 +24,13 @@ test: install
 bench-quick: install
 	$(BIN)/python benchmarks/read_throughput.py --quick
 	$(BIN)/python benchmarks/train_speed.py --quick
+	$(BIN)/python benchmarks/generator_objective.py --quick
 	$(BIN)/genco bench --quick --quiet --out reports/bench-quick
 
 bench: install
 	$(BIN)/python benchmarks/read_throughput.py
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/generator_objective.py
 	$(BIN)/genco bench --out reports/bench
 
 clean:

@@ -85,11 +85,13 @@ def test_gradients_reach_generator_and_reward_model(batch_and_model):
     assert grad(model.feature_proj) > 0 and grad(model.context) > 0
 
 
-def test_policy_gradient_does_not_move_the_reward_model(batch_and_model):
+@pytest.mark.parametrize("objective", ["best-of-k", "mean"])
+def test_policy_gradient_does_not_move_the_reward_model(batch_and_model, objective):
     data, batch, model = batch_and_model
-    terms = losses(model, batch, TrainConfig(k=4, mil=False), torch.Generator().manual_seed(0))
+    terms = losses(model, batch, TrainConfig(k=4, mil=False, rl_objective=objective), torch.Generator().manual_seed(0))
     model.zero_grad()
     terms["rl"].backward()
+    assert model.log_sharpness.grad.abs().sum() > 0, "the generator learns"
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.phi.parameters())
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.bag_attention.parameters())
 

@@ -36,6 +36,11 @@ class OnBadRowChoice(str, Enum):
     skip = "skip"
 
 
+class RLObjectiveChoice(str, Enum):
+    best_of_k = "best-of-k"
+    mean = "mean"
+
+
 class KindChoice(str, Enum):
     requests = "requests"
     logs = "logs"
@@ -168,6 +173,7 @@ def train(
     rl_epochs: Annotated[int, typer.Option(help="Generator (policy-gradient) epochs after the reward model.")] = 1,
     reward_models: Annotated[int, typer.Option(help="Reward models in the ensemble, each trained apart (seed, split); the served argmax is their mean's. 1: a single model.")] = 3,
     rl_weight: Annotated[float, typer.Option(help="lambda, the weight of the policy-gradient term.")] = 0.15,
+    rl_objective: Annotated[RLObjectiveChoice, typer.Option(help="What the policy gradient maximises: best-of-k, the best of the K samples (what serving answers); mean, their mean reward with the mean of the K as baseline (the paper's; the policy collapses onto one combination).")] = RLObjectiveChoice.best_of_k,
     holdout: Annotated[float, typer.Option(help="Share of logs held out for AUC, log loss and early stopping.")] = 0.1,
     dim: Annotated[int, typer.Option(help="Element embedding width.")] = 32,
     context_dim: Annotated[int, typer.Option(help="Context embedding width (the paper uses 8).")] = 8,
@@ -189,7 +195,7 @@ def train(
     model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
-                               reward_models=reward_models)
+                               reward_models=reward_models, rl_objective=rl_objective.value)
     note(f"training on {len(data)} impressions ({int(data.click.sum())} clicks), components: {', '.join(data.schema.components)}")
     result = run(data, model_config, train_config)
     save_trained(result, out, train_config, {"logs": str(logs), "skipped_rows": dict(report.skipped)})

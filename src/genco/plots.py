@@ -23,7 +23,8 @@ def _save(fig, path: str | Path) -> None:
 
 def training_curve(history: Sequence, path: str | Path, title: str = "GenCO training") -> None:
     """Reward model(s): train and held-out log loss, held-out AUC, per member of the ensemble, the kept epoch
-    marked. Generator: held-out reward of its greedy pick, through every epoch of both stages."""
+    marked. Generator: held-out reward of the best of its greedy pick and K samples, through every epoch of
+    both stages."""
     reward = [r for r in history if r.stage == "reward"]
     gen = [r for r in history if r.stage == "generator"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
@@ -50,7 +51,7 @@ def training_curve(history: Sequence, path: str | Path, title: str = "GenCO trai
         axes[2].axvspan(len(history) - len(gen) + 0.5, len(history) + 0.5, color="tab:purple", alpha=0.08, label="policy gradient")
         axes[2].legend()
     axes[2].set_xlabel("epoch, both stages in order")
-    axes[2].set_ylabel("creative logit of the generator's pick")
+    axes[2].set_ylabel("creative logit, best of 1 + K")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)

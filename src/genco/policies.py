@@ -52,6 +52,7 @@ GENCO_VARIANTS: dict[str, dict] = {
     "genco-no-attention": {"attention": False},
     "genco-no-mil": {"mil": False},
     "genco-no-rl": {"rl": False},
+    "genco-mean-baseline": {"rl_objective": "mean"},
     "genco-sampling-only": {"refine_passes": 0},
     "genco-one-reward-model": {"reward_models": 1},
     "genco-autoregressive": {"model_class": AutoregressiveGenCO},

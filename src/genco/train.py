@@ -7,8 +7,9 @@
   reward model's creative logit (product appeal left out). Serving answers the best of the K, so the
   objective is E[max_k R(c_k)], and each sample is credited with what it adds to that maximum
   (R_max - max of the others: the gap to the runner-up for the best sample, zero for every other one).
-  The paper's mean-of-K baseline maximises E[R(c)] instead, and the policy collapses onto one combination
-  (entropy 0.04 nats over six components on the seed-1 world): K copies of it, nothing left to choose among.
+  The paper's mean-of-K baseline maximises E[R(c)] instead (`rl_objective="mean"`), and the policy
+  collapses onto one combination (entropy 0.04 nats over six components on the seed-1 world): K copies of
+  it, nothing left to choose among.
 
 The policy gradient trains the generator's own parameters only; phi and the encoders reach the generator
 through the forward pass (see GenCO.policy_scores for why). The reward model's parameters therefore see
@@ -39,6 +40,7 @@ from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
 
 if TYPE_CHECKING:
+    from genco.ensemble import RewardEnsemble
     from genco.files import ReadReport
 
 
@@ -64,6 +66,7 @@ class TrainConfig:
     mil: bool = True
     rl: bool = True
     reward_models: int = 3  # an ensemble: the served argmax is their mean's (see genco.ensemble)
+    rl_objective: str = "best-of-k"  # or "mean": the paper's E[R] with the mean of the K as baseline
     threads: int = 0  # torch threads; 0: torch's default
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +115,11 @@ class TrainResult:
         }
 
 
+def _batch_size(rows: int, config: TrainConfig) -> int:
+    """config.batch_size, or smaller so that a small log still gets `min_steps` updates per epoch."""
+    return max(16, min(config.batch_size, -(-rows // config.min_steps)))
+
+
 def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Training rows and held-out rows; with nothing held out (holdout 0, one row) the training rows are judged."""
     order = np.random.default_rng([seed, 7]).permutation(n)
@@ -158,8 +166,12 @@ def policy_gradient_loss(model: GenCO, batch, config: TrainConfig, generator: to
     combos, log_prob = model.generate(enc, config.k, generator, generator_only=True)  # (B, K, M), (B, K)
     with torch.no_grad():
         reward, _, _ = model.reward(enc, combos)  # (B, K) creative logit: appeal left out
-        advantage = best_of_k_advantage(reward)
-        advantage = advantage / (advantage.sum(dim=1).mean() + 1e-6)  # scale-free: the batch's mean gain is 1
+        if config.rl_objective == "mean":  # the paper's: E[R], mean-of-K baseline, a scale-free step per context
+            advantage = reward - reward.mean(dim=1, keepdim=True)
+            advantage = advantage / (advantage.std(dim=1, keepdim=True) + 1e-3) / config.k
+        else:
+            advantage = best_of_k_advantage(reward)
+            advantage = advantage / (advantage.sum(dim=1).mean() + 1e-6)  # scale-free: the batch's mean gain is 1
     return config.rl_weight * -(advantage * log_prob).sum(dim=1).mean()
 
 
@@ -217,10 +229,10 @@ class _Epochs:
     """The epoch loop both stages share: batches of the training rows, a held-out check, the best state kept.
 
     `step(batch) -> dict of loss terms` does one update. After every epoch the held-out rows are scored (for
-    the reward model: log loss; for the generator: the creative logit of its greedy pick); the state of the
-    best epoch is kept, the learning rate is cut after an epoch without improvement, and `patience` of
-    those in a row end the stage. `judge` wraps the held-out check (the reward model is judged on its
-    averaged weights).
+    the reward model: log loss; for the generator: the creative logit of the best of its greedy pick and K
+    samples); the state of the best epoch is kept, the learning rate is cut after an epoch without
+    improvement, and `patience` of those in a row end the stage. `judge` wraps the held-out check (the reward
+    model is judged on its averaged weights).
     """
 
     def __init__(self, data: EncodedRows, config: TrainConfig, history: list[EpochRecord], batch_size: int):
@@ -347,11 +359,10 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
         raise ValueError("training needs log rows (with shown and click)")
     if config.threads:
         torch.set_num_threads(config.threads)
-    train_rows, heldout_rows = split(len(data), config.holdout, config.seed)
-    batch_size = max(16, min(config.batch_size, -(-len(train_rows) // config.min_steps)))
+    train_rows, _ = split(len(data), config.holdout, config.seed)
     start = time.perf_counter()
     history: list[EpochRecord] = []
-    loop = _Epochs(data, config, history, batch_size)
+    loop = _Epochs(data, config, history, _batch_size(len(train_rows), config))
 
     members, kept = [], []
     for i in range(max(1, config.reward_models)):
@@ -361,27 +372,38 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
     model = members[0] if len(members) == 1 else RewardEnsemble(members)
     result = TrainResult(model=model, history=history, best_epoch=kept[0], impressions=len(train_rows))
 
-    # stage 2: the generator (member 0's), by policy gradient against the finished reward model(s)
-    if config.rl and config.rl_epochs > 0:
-        generator = torch.Generator().manual_seed(config.seed)
-        generator_params = [p for n, p in members[0].named_parameters() if n.startswith(GENERATOR_PARAMETERS)]
-        optimizer = torch.optim.Adam(generator_params, lr=config.rl_lr)
-
-        def generator_step(batch) -> dict[str, torch.Tensor]:
-            model.eval()  # the reward model is a fixed judge now: no dropout noise in its rewards
-            loss = policy_gradient_loss(model, batch, config, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return {"total": loss.detach(), "rl": loss.detach() / config.rl_weight}
-
-        best_state, _ = loop.run(model, "generator", 0, train_rows, heldout_rows, generator_step, optimizer,
-                                 config.rl_epochs, config.seed, best_score=-generator_reward(model, data, heldout_rows))
-        if best_state is not None:
-            model.load_state_dict(best_state)
+    if config.rl and config.rl_epochs > 0:  # stage 2
+        train_generator(model, data, config, history)
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def train_generator(model: GenCO | RewardEnsemble, data: EncodedRows, config: TrainConfig,
+                    history: list[EpochRecord] | None = None) -> None:
+    """Stage 2, in place: the generator (the first member's) by policy gradient against the finished reward
+    model(s), on the training rows of `split(config.seed)`. The epoch whose held-out best-of-K reward is highest
+    is kept; none is if no epoch beats the generator it started from. Epoch records go to `history`.
+    """
+    rows, heldout = split(len(data), config.holdout, config.seed)
+    loop = _Epochs(data, config, [] if history is None else history, _batch_size(len(rows), config))
+    generator = torch.Generator().manual_seed(config.seed)
+    own = getattr(model, "primary", model)
+    optimizer = torch.optim.Adam([p for n, p in own.named_parameters() if n.startswith(GENERATOR_PARAMETERS)],
+                                 lr=config.rl_lr)
+
+    def step(batch) -> dict[str, torch.Tensor]:
+        model.eval()  # the reward model is a fixed judge now: no dropout noise in its rewards
+        loss = policy_gradient_loss(model, batch, config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"total": loss.detach(), "rl": loss.detach() / config.rl_weight}
+
+    best_state, _ = loop.run(model, "generator", 0, rows, heldout, step, optimizer, config.rl_epochs, config.seed,
+                             best_score=-generator_reward(model, data, heldout))
+    if best_state is not None:
+        model.load_state_dict(best_state)
 
 
 def read_logs(path, *, on_bad_row: str = "error", max_candidates: int | None = None) -> tuple[EncodedRows, ReadReport]:
