@@ -13,7 +13,8 @@ with each objective and compared with no training at all and with uniform propos
 
 For each, on fresh requests: the policy's entropy (nats, summed over components, mean over requests), the
 share of the oracle's CTR lift captured by sampling alone (best of greedy + K by the reward models) and with
-genco's coordinate ascent on top (the default serving), and the reward models' predicted CTR of the answer.
+genco's coordinate ascent on top (the default serving), the reward models' predicted CTR of the answer, and
+the selection time of each.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import time
 
 import torch
 
@@ -60,7 +62,9 @@ def main() -> None:
     def measure(name: str, model) -> None:
         figures = {"generator": name, "entropy_nats": round(policy_entropy(model, requests), 3)}
         for label, passes in (("sampling_alone", 0), ("with_ascent", SelectConfig.refine_passes)):
+            start = time.perf_counter()
             chosen = choose(model, requests, greedy=True, config=SelectConfig(refine_passes=passes), seed=args.seed)
+            figures[f"select_seconds_per_1k_{label}"] = round(1000 * (time.perf_counter() - start) / len(requests), 2)
             figures[f"frac_{label}"] = round(evaluator.score(chosen.selections)["frac_of_oracle_lift"], 3)
             figures[f"predicted_ctr_{label}"] = round(float(chosen.score.mean()), 5)
         print(json.dumps(figures), flush=True)

@@ -290,7 +290,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(summary: Sequence[dict[str, Any]]) -> str:
     lines = ["| scenario | setting | policy | true CTR | lift vs random | frac of oracle lift (mean ± sd) | "
-             "sampling only | fit s | select s / 1k |",
+             "sampled only | fit s | select s / 1k |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         setting = "" if s["setting"] is None else str(s["setting"])

@@ -82,7 +82,7 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     oracle, random_ctr = rows[0]["oracle_ctr"], rows[0]["random_ctr"]
     table = Table(title=f"genco demo: interaction world (seed {config.seed}), {config.impressions} logged impressions",
                   caption=f"random exposure CTR {random_ctr:.4f}, oracle CTR {oracle:.4f}")
-    columns = ("policy", "true CTR", "lift vs random", "frac of oracle lift", "sampling only", "fit s", "select s / 1k")
+    columns = ("policy", "true CTR", "lift vs random", "frac of oracle lift", "sampled only", "fit s", "select s / 1k")
     for column in columns:
         table.add_column(column, justify="left" if column == "policy" else "right", no_wrap=column == "policy")
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
