@@ -156,11 +156,9 @@ def best_of_k_advantage(reward: torch.Tensor) -> torch.Tensor:
     The others' maximum does not depend on the sample it is subtracted from, so it is a valid baseline and
     sum_k advantage_k * grad log pi(c_k) is an unbiased estimate of grad E[max_k R(c_k)].
     """
-    top2 = reward.topk(min(2, reward.shape[1]), dim=1).values  # (B, 2)
-    runner_up = top2[:, -1:] if reward.shape[1] > 1 else reward  # one sample: no gain over itself
-    advantage = torch.zeros_like(reward)
-    best = reward.argmax(dim=1, keepdim=True)  # (B, 1)
-    return advantage.scatter_(1, best, top2[:, :1] - runner_up)
+    top = reward.topk(min(2, reward.shape[1]), dim=1)  # values and indices (B, 2); (B, 1) for one sample
+    gain = top.values[:, :1] - top.values[:, -1:]  # (B, 1); one sample: no gain over itself
+    return torch.zeros_like(reward).scatter_(1, top.indices[:, :1], gain)
 
 
 def policy_gradient_loss(model: GenCO, batch, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
