@@ -38,7 +38,7 @@ def main() -> None:
     result = train(logs, ModelConfig(), TrainConfig(epochs=epochs, seed=0))
     stage_rate = {}
     for stage in ("reward", "generator"):
-        records = [r for r in result.history if r.stage == stage]
+        records = [r for r in result.trained_epochs if r.stage == stage]
         seconds = sum(r.seconds for r in records)  # includes the held-out evaluation after each epoch
         stage_rate[stage] = (len(records), round(result.impressions * len(records) / seconds) if seconds else 0)
     request_data = encode(requests, logs.schema)

@@ -37,6 +37,20 @@ def test_fixed_world_keeps_the_world_and_summaries_give_mean_and_spread():
     assert "| offline |" in table and "counting" in table
 
 
+def test_identical_fits_are_reused_within_a_run_and_relabelled(monkeypatch):
+    fits = []
+    real = bench.fit_and_score
+    monkeypatch.setattr(bench, "fit_and_score", lambda name, *a, **k: fits.append(name) or real(name, *a, **k))
+    with bench.reusing_identical_fits():
+        first = bench.offline(["counting"], TINY, [1])
+        swept = bench.sweep(["counting"], TINY, [1], "interaction", [TINY.interaction, 0.0], "interaction")
+    assert fits == ["counting", "counting"]  # the sweep's first setting is the offline world: fitted once
+    assert swept[0]["scenario"] == "interaction" and swept[0]["setting"] == TINY.interaction
+    assert swept[0]["frac_of_oracle_lift"] == first[0]["frac_of_oracle_lift"] and first[0]["scenario"] == "offline"
+    bench.offline(["counting"], TINY, [1])  # outside the block: fitted again
+    assert len(fits) == 3
+
+
 def test_scaling_reports_pool_sums_and_products():
     rows = bench.scaling(["counting"], [3, 6], impressions=1_000, requests=50)
     small, large = sorted(rows, key=lambda r: r["max_candidates"])

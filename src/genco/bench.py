@@ -19,9 +19,10 @@ frac_of_oracle_lift, fit_seconds and select_seconds_per_1k; `summarise` gives me
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from genco import console
 from genco.contract import LogRow, Request
-from genco.data import EncodedRows, encode
+from genco.data import EncodedRows, encode, positions_of
 from genco.evaluate import Evaluator
 from genco.policies import make_policy
 from genco.world import World, WorldConfig, random_exposure_logs, simulate_in_memory
@@ -70,13 +71,7 @@ class OraclePolicy:
 
         rows = [_request_dict(requests, r) for r in range(len(requests))]
         best, p = self.world.oracle_dicts(rows)
-        positions = np.full((len(requests), len(requests.schema.components)), -1)
-        for r, selection in enumerate(best):
-            for m, name in enumerate(requests.schema.components):
-                if name in selection:
-                    ids = [requests.element_ids[name][e] for e in _members(requests, name, r)]
-                    positions[r, m] = ids.index(selection[name])
-        return choices(requests, positions, score=p)
+        return choices(requests, positions_of(requests, np.arange(len(requests)), best), score=p)
 
 
 def _members(data: EncodedRows, name: str, row: int) -> np.ndarray:
@@ -100,7 +95,12 @@ def fit_and_score(name: str, seed: int, world: World, logs: EncodedRows, request
 
     rows: score only these requests (their selections are still made with the others, in one call).
     """
-    policy = build_policy(name, seed, world, **options)
+    return score_policy(build_policy(name, seed, world, **options), seed, logs, requests, evaluator, rows)
+
+
+def score_policy(policy, seed: int, logs: EncodedRows, requests: EncodedRows, evaluator: Evaluator,
+                 rows: np.ndarray | None = None) -> dict[str, Any]:
+    """fit_and_score for a policy already built (the demo keeps its GenCO models)."""
     start = time.perf_counter()
     policy.fit(logs)
     fit_seconds = time.perf_counter() - start
@@ -109,20 +109,44 @@ def fit_and_score(name: str, seed: int, world: World, logs: EncodedRows, request
     select_seconds = time.perf_counter() - start
     rows = np.arange(len(requests)) if rows is None else rows
     figures = evaluator.score([chosen.selections[k] for k in rows], rows)
-    return {"policy": name, "seed": seed, **figures, "fit_seconds": fit_seconds,
+    return {"policy": policy.name, "seed": seed, **figures, "fit_seconds": fit_seconds,
             "select_seconds_per_1k": 1000 * select_seconds / max(len(requests), 1),
-            **sampling_alone(policy, requests, evaluator, rows, seed)}
+            **genco_figures(policy, requests, evaluator, rows, seed)}
 
 
-def sampling_alone(policy, requests: EncodedRows, evaluator: Evaluator, rows: np.ndarray, seed: int) -> dict[str, float]:
-    """For a GenCO policy, the share of the oracle's lift its generator finds without the coordinate ascent
-    (`frac_sampling_alone`): where the policy gradient shows, since the ascent can make up for a poor generator."""
+def genco_figures(policy, requests: EncodedRows, evaluator: Evaluator, rows: np.ndarray, seed: int) -> dict[str, float]:
+    """For a GenCO policy, what only it has:
+
+    - frac_sampling_alone: the share of the oracle's lift its generator finds without the coordinate ascent
+      (where the policy gradient shows, since the ascent can make up for a poor generator);
+    - attribution_corr / attribution_captured: how well its reward models rank the candidates of each
+      component against the world's truth (genco.attribution; where multi-instance learning should show).
+    """
+    from genco.attribution import element_attribution, summary
     from genco.policies import GenCOPolicy
 
     if not isinstance(policy, GenCOPolicy):
         return {}
     chosen = policy.choose_by_sampling(requests, seed=seed)
-    return {"frac_sampling_alone": evaluator.score([chosen.selections[k] for k in rows], rows)["frac_of_oracle_lift"]}
+    sampled = evaluator.score([chosen.selections[k] for k in rows], rows)["frac_of_oracle_lift"]
+    return {"frac_sampling_alone": sampled, **summary(element_attribution(policy.model, requests, evaluator))}
+
+
+_reused: dict[tuple, dict[str, Any]] | None = None  # identical fits of this run, when reuse is on
+
+
+@contextlib.contextmanager
+def reusing_identical_fits() -> Iterator[None]:
+    """Within the block, a policy fitted and scored on exactly the same world, logs, requests, seed and options
+    as before is not fitted again: its row is copied. The sweeps share their middle setting with the offline
+    scenario (interaction 1.0, 15 candidates, the offline log size, all on the seed-1 world); a full run would
+    otherwise fit those policies four times over for the same figures."""
+    global _reused
+    _reused = {}
+    try:
+        yield
+    finally:
+        _reused = None
 
 
 def _run_policies(policies: Sequence[str], scenario: str, seed: int, config: WorldConfig, world: World,
@@ -130,8 +154,14 @@ def _run_policies(policies: Sequence[str], scenario: str, seed: int, config: Wor
                   extra: dict[str, Any] | None = None, **options: Any) -> list[dict[str, Any]]:
     results = []
     for name in policies:
+        key = (name, seed, repr(config), None if rows is None else tuple(rows), repr(sorted(options.items())))
         try:
-            row = fit_and_score(name, seed, world, logs, requests, evaluator, rows, **options)
+            if _reused is not None and key in _reused:
+                row = dict(_reused[key])
+            else:
+                row = fit_and_score(name, seed, world, logs, requests, evaluator, rows, **options)
+                if _reused is not None:
+                    _reused[key] = dict(row)
         except Skip as skipped:
             console.note(f"  {skipped}")
             continue
@@ -278,7 +308,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (scenario, setting, policy), members in groups.items():
         summary: dict[str, Any] = {"scenario": scenario, "setting": setting, "policy": policy, "seeds": len(members)}
         for key in ("ctr", "random_ctr", "oracle_ctr", "lift_vs_random", "frac_of_oracle_lift", "fit_seconds",
-                    "select_seconds_per_1k", "frac_sampling_alone"):
+                    "select_seconds_per_1k", "frac_sampling_alone", "attribution_corr", "attribution_captured"):
             if key not in members[0]:
                 continue
             values = np.array([m[key] for m in members], dtype=float)
@@ -290,18 +320,21 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(summary: Sequence[dict[str, Any]]) -> str:
     lines = ["| scenario | setting | policy | true CTR | lift vs random | frac of oracle lift (mean ± sd) | "
-             "sampled only | fit s | select s / 1k |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "sampled only | attribution corr | fit s | select s / 1k |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         setting = "" if s["setting"] is None else str(s["setting"])
-        sampling = (f"{s['frac_sampling_alone']:.3f} ± {s['frac_sampling_alone_std']:.3f}"
-                    if "frac_sampling_alone" in s else "")
         lines.append(
             f"| {s['scenario']} | {setting} | {s['policy']} | {s['ctr']:.4f} | {s['lift_vs_random']:+.1%} | "
-            f"{s['frac_of_oracle_lift']:.3f} ± {s['frac_of_oracle_lift_std']:.3f} | {sampling} | "
+            f"{_mean_sd(s, 'frac_of_oracle_lift')} | {_mean_sd(s, 'frac_sampling_alone')} | {_mean_sd(s, 'attribution_corr')} | "
             f"{s['fit_seconds']:.1f} | {s['select_seconds_per_1k']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _mean_sd(summary: dict[str, Any], key: str) -> str:
+    """'mean ± sd' of one figure of a summary row; empty where the policy has no such figure."""
+    return f"{summary[key]:.3f} ± {summary[key + '_std']:.3f}" if key in summary else ""
 
 
 def loop_markdown(rows: Sequence[dict[str, Any]]) -> str:

@@ -361,3 +361,16 @@ def selections_at(data: EncodedRows, rows: np.ndarray, positions: np.ndarray) ->
         for k in np.flatnonzero(chosen >= 0):
             out[k][name] = ids[column["members"][column["offsets"][rows[k]] + chosen[k]]]
     return out
+
+
+def positions_of(data: EncodedRows, rows: np.ndarray, selections: Sequence[dict[str, str]]) -> np.ndarray:
+    """The inverse of selections_at: {component: element id} per row -> positions (n, M), -1 where absent."""
+    positions = np.full((len(rows), len(data.schema.components)), -1)
+    for m, name in enumerate(data.schema.components):
+        column, ids = data.columns[name], data.element_ids[name]
+        for k, row in enumerate(rows):
+            chosen = selections[k].get(name)
+            if chosen is not None:
+                members = column["members"][column["offsets"][row] : column["offsets"][row + 1]]
+                positions[k, m] = [ids[e] for e in members].index(chosen)
+    return positions

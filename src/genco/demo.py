@@ -3,25 +3,25 @@
 1. simulate the default world and log uniform random exposure;
 2. fit the policies: random, per-element counting, GenCO and its three ablations;
 3. select (greedy) for fresh requests and score every selection against the world's ground truth;
-4. print one table and write a report folder: results (JSON, Markdown), a bar chart, GenCO's model folder
-   and training curves.
+4. print one table and write a report folder: results (JSON, Markdown), a bar chart, GenCO's model folder,
+   training curves and the element attribution of its reward models against the world's truth.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
 from genco import console
-from genco.bench import sampling_alone
+from genco.attribution import element_attribution
+from genco.bench import score_policy
 from genco.data import encode
 from genco.evaluate import Evaluator
 from genco.files import atomic_write_bytes, load_requests
+from genco.plots import attribution as attribution_plot
 from genco.plots import bars, training_curve
 from genco.policies import GenCOPolicy, make_policy
 from genco.train import read_logs, save_trained
@@ -60,20 +60,14 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
     for name in DEMO_POLICIES:
         policy = make_policy(name, seed=seed, epochs=size.epochs, rl_epochs=size.rl_epochs)
         console.note(f"[bold]{name}[/bold]: fitting")
-        start = time.perf_counter()
-        policy.fit(logs)
-        fit_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        chosen = policy.choose(request_data, greedy=True, seed=seed)
-        select_seconds = time.perf_counter() - start
-        figures = evaluator.score(chosen.selections)
-        rows.append({"policy": name, **figures, "fit_seconds": fit_seconds,
-                     "select_seconds_per_1k": 1000 * select_seconds / len(requests),
-                     **sampling_alone(policy, request_data, evaluator, np.arange(len(requests)), seed)})
+        rows.append(score_policy(policy, seed, logs, request_data, evaluator))
         if isinstance(policy, GenCOPolicy):
             model_dir = out / "models" / name
             save_trained(policy.result, model_dir, policy.train_config)
             training_curve(policy.result.history, out / f"training_curve_{name}.png", title=f"{name} training")
+            if name == "genco":
+                attribution_plot(element_attribution(policy.model, request_data, evaluator), out / "attribution.png",
+                                 title="genco: element attribution, reward models against the world's truth")
     _report(rows, out, config)
     return rows
 
@@ -82,14 +76,15 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     oracle, random_ctr = rows[0]["oracle_ctr"], rows[0]["random_ctr"]
     table = Table(title=f"genco demo: interaction world (seed {config.seed}), {config.impressions} logged impressions",
                   caption=f"random exposure CTR {random_ctr:.4f}, oracle CTR {oracle:.4f}")
-    columns = ("policy", "true CTR", "lift vs random", "frac of oracle lift", "sampled only", "fit s", "select s / 1k")
+    columns = ("policy", "true CTR", "lift vs random", "frac of oracle lift", "sampled only", "attribution", "fit s",
+               "select s / 1k")
     for column in columns:
         table.add_column(column, justify="left" if column == "policy" else "right", no_wrap=column == "policy")
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in rows:
-        sampling = f"{r['frac_sampling_alone']:.3f}" if "frac_sampling_alone" in r else ""
+        own = {key: f"{r[key]:.3f}" if key in r else "" for key in ("frac_sampling_alone", "attribution_corr")}  # GenCO only
         cells = [r["policy"], f"{r['ctr']:.4f}", f"{r['lift_vs_random']:+.1%}", f"{r['frac_of_oracle_lift']:.3f}",
-                 sampling, f"{r['fit_seconds']:.1f}", f"{r['select_seconds_per_1k']:.2f}"]
+                 own["frac_sampling_alone"], own["attribution_corr"], f"{r['fit_seconds']:.1f}", f"{r['select_seconds_per_1k']:.2f}"]
         table.add_row(*cells, style="bold" if r["policy"] == "genco" else None)
         lines.append("| " + " | ".join(cells) + " |")
     console.out.print(table)
@@ -97,4 +92,4 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
     bars({r["policy"]: r["frac_of_oracle_lift"] for r in rows}, out / "frac_of_oracle_lift.png",
          ylabel="fraction of the oracle's lift", title="Share of the oracle's CTR lift over random, captured")
-    console.out.print(f"report: {out}/ (results.md, results.json, frac_of_oracle_lift.png, training curves, models/)")
+    console.out.print(f"report: {out}/ (results.md, results.json, frac_of_oracle_lift.png, attribution.png, training curves, models/)")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -23,8 +24,8 @@ def _save(fig, path: str | Path) -> None:
 
 def training_curve(history: Sequence, path: str | Path, title: str = "GenCO training") -> None:
     """Reward model(s): train and held-out log loss, held-out AUC, per member of the ensemble, the kept epoch
-    marked. Generator: held-out reward of the best of its greedy pick and K samples, through every epoch of
-    both stages."""
+    marked. Generator: held-out reward of the best of its greedy pick and K samples, before and after each
+    policy-gradient epoch."""
     reward = [r for r in history if r.stage == "reward"]
     gen = [r for r in history if r.stage == "generator"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
@@ -45,13 +46,12 @@ def training_curve(history: Sequence, path: str | Path, title: str = "GenCO trai
     axes[1].legend(fontsize=7)
     for ax in axes[:2]:
         ax.set_xlabel("reward-model epoch (star: kept)")
-    step = list(range(1, len(history) + 1))
-    axes[2].plot(step, [r.heldout_generator_reward for r in history], "o-", color="tab:purple")
     if gen:
-        axes[2].axvspan(len(history) - len(gen) + 0.5, len(history) + 0.5, color="tab:purple", alpha=0.08, label="policy gradient")
-        axes[2].legend()
-    axes[2].set_xlabel("epoch, both stages in order")
-    axes[2].set_ylabel("creative logit, best of 1 + K")
+        axes[2].plot([r.epoch for r in gen], [r.heldout_generator_reward for r in gen], "o-", color="tab:purple")
+    else:
+        axes[2].text(0.5, 0.5, "no policy gradient (--no-rl)", ha="center", va="center", transform=axes[2].transAxes)
+    axes[2].set_xlabel("generator epoch (0: before the policy gradient)")
+    axes[2].set_ylabel("held-out creative logit, best of 1 + K")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
@@ -83,4 +83,21 @@ def bars(values: dict[str, float], path: str | Path, *, ylabel: str, title: str,
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    _save(fig, path)
+
+
+def attribution(components: Sequence, path: str | Path, title: str = "Element attribution: reward model against the truth") -> None:
+    """One panel per component: every candidate swapped into the oracle's combination, the reward model's
+    creative logit against the world's true click logit, both centred within the request (genco.attribution)."""
+    fig, axes = plt.subplots(1, len(components), figsize=(3.2 * len(components), 3.2), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, record in zip(axes[0], components):
+        truth, model = np.concatenate(record.truth), np.concatenate(record.model)
+        keep = rng.permutation(len(truth))[:3000]  # enough points to see, few enough to draw
+        ax.scatter(truth[keep], model[keep], s=4, alpha=0.3)
+        ax.set_title(f"{record.component}\ncorr {record.corr:.2f}, captured {record.captured:.2f}", fontsize=9)
+        ax.set_xlabel("true logit (centred)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("reward model logit (centred)")
+    fig.suptitle(title)
     _save(fig, path)

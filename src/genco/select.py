@@ -45,20 +45,26 @@ class Choices:
     selections: list[dict[str, str]]
 
 
+def swap_scores(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, combo: torch.Tensor, m: int) -> torch.Tensor:
+    """The creative logit of `combo` (B, M) with component m's element replaced by each of its candidates in
+    turn, the other components fixed: (B, N_m), -inf on padding. One step of coordinate ascent; also how
+    genco.attribution asks the reward model about single elements."""
+    a, b = enc.slices[m]
+    trial = combo[:, None, :].repeat(1, b - a, 1)  # (B, N_m, M): every candidate of m, others fixed
+    trial[:, :, m] = torch.arange(b - a)
+    creative, _, _ = model.reward(enc, trial)  # (B, N_m)
+    return creative.masked_fill(~enc.mask[:, a:b], float("-inf"))
+
+
 def coordinate_ascent(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, combo: torch.Tensor, best: torch.Tensor,
                       passes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Improve (B, M) combinations whose creative logits (B,) are `best`, one component at a time. Returns combo, creative logit."""
     for _ in range(passes):
         changed = False
         for m, (a, b) in enumerate(enc.slices):
-            width = b - a
-            if width <= 1:
+            if b - a <= 1:
                 continue
-            trial = combo[:, None, :].repeat(1, width, 1)  # (B, N_m, M): every candidate of m, others fixed
-            trial[:, :, m] = torch.arange(width)
-            creative, _, _ = model.reward(enc, trial)  # (B, N_m)
-            creative = creative.masked_fill(~enc.mask[:, a:b], float("-inf"))
-            value, pick = creative.max(dim=1)
+            value, pick = swap_scores(model, enc, combo, m).max(dim=1)
             better = (value > best + 1e-6) & (combo[:, m] >= 0)
             if better.any():
                 changed = True

@@ -88,7 +88,10 @@ class EpochRecord:
     train_rl: float
     heldout_auc: float
     heldout_logloss: float
-    heldout_generator_reward: float  # mean creative logit of the best of greedy + K samples, held out
+    # mean creative logit of the best of greedy + K samples, held out; judged in the generator stage only (epoch 0:
+    # before the policy gradient), since stage 1 does not train the generator and judging it is a quadratic
+    # attention pass over every candidate: most of a reward-model epoch's time once pools reach 150
+    heldout_generator_reward: float | None
     seconds: float
     lr: float
 
@@ -112,11 +115,16 @@ class TrainResult:
             "heldout_auc": self.best.heldout_auc,
             "heldout_logloss": self.best.heldout_logloss,
             "train_seconds": self.seconds,
-            "epochs": len(self.history),
+            "epochs": len(self.trained_epochs),
             "reward_models": len({r.member for r in self.history if r.stage == "reward"}),
             "impressions": self.impressions,
-            "impressions_per_second": self.impressions * len(self.history) / max(self.seconds, 1e-9),
+            "impressions_per_second": self.impressions * len(self.trained_epochs) / max(self.seconds, 1e-9),
         }
+
+    @property
+    def trained_epochs(self) -> list[EpochRecord]:
+        """Every epoch that trained something (the generator's epoch 0 is its judgement before training)."""
+        return [r for r in self.history if r.epoch > 0]
 
 
 def _batch_size(rows: int, config: TrainConfig) -> int:
@@ -266,7 +274,7 @@ class _Epochs:
                     epoch=epoch, stage=stage, member=member, train_loss=sums["total"] / steps,
                     train_comb=sums["comb"] / steps, train_elem=sums["elem"] / steps, train_rl=sums["rl"] / steps,
                     heldout_auc=auc(y, p), heldout_logloss=log_loss(y, p),
-                    heldout_generator_reward=generator_reward(model, self.data, heldout),
+                    heldout_generator_reward=generator_reward(model, self.data, heldout) if stage == "generator" else None,
                     seconds=time.perf_counter() - began, lr=float(optimizer.param_groups[-1]["lr"]),
                 )
                 score = record.heldout_logloss if stage == "reward" else -record.heldout_generator_reward
@@ -276,8 +284,9 @@ class _Epochs:
             self.history.append(record)
             console.note(
                 f"{label:10s} epoch {epoch:2d}  loss {record.train_loss:.4f}  held-out AUC {record.heldout_auc:.4f}  "
-                f"log loss {record.heldout_logloss:.5f}  generator reward {record.heldout_generator_reward:+.3f}  "
-                f"({record.seconds:.0f}s)"
+                f"log loss {record.heldout_logloss:.5f}  "
+                + (f"generator reward {record.heldout_generator_reward:+.3f}  " if stage == "generator" else "")
+                + f"({record.seconds:.0f}s)"
             )
             if not improved:
                 waited += 1
@@ -402,8 +411,15 @@ def train_generator(model: GenCO | RewardEnsemble, data: EncodedRows, config: Tr
         optimizer.step()
         return {"total": loss.detach(), "rl": loss.detach() / config.rl_weight}
 
+    began = time.perf_counter()
+    before = generator_reward(model, data, heldout)
+    p, y = predict_shown(own, data, heldout), data.click[heldout]
+    loop.history.append(EpochRecord(  # epoch 0: the generator as stage 1 left it, judged before any update
+        epoch=0, stage="generator", member=0, train_loss=0.0, train_comb=0.0, train_elem=0.0, train_rl=0.0,
+        heldout_auc=auc(y, p), heldout_logloss=log_loss(y, p), heldout_generator_reward=before,
+        seconds=time.perf_counter() - began, lr=config.rl_lr))
     best_state, _ = loop.run(model, "generator", 0, rows, heldout, step, optimizer, config.rl_epochs, config.seed,
-                             best_score=-generator_reward(model, data, heldout))
+                             best_score=-before)
     if best_state is not None:
         model.load_state_dict(best_state)
 
