@@ -270,7 +270,7 @@ def closed_loop(policies: Sequence[str], base: WorldConfig, seeds: Iterable[int]
     return results
 
 
-def scaling(policies: Sequence[str], sizes: Sequence[int], *, impressions: int = 5_000, requests: int = 200,
+def scaling(policies: Sequence[str], sizes: Sequence[int], *, impressions: int = 5_000, requests: int = 100,
             seed: int = 1, **options: Any) -> list[dict[str, Any]]:
     """Selection time per 1,000 requests as candidate pools grow (fit on a small log: cost, not quality)."""
     results = []

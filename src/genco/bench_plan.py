@@ -41,7 +41,8 @@ class BenchPlan:
     log_sizes: list[int]
     loop: bench.LoopConfig
     scaling_sizes: list[int]
-    candidates_impressions: int  # the candidates sweep logs this many (pools of 150 make every row heavy)
+    candidates_impressions: int  # the candidates sweep logs this many and scores this many requests: pools of
+    candidates_requests: int  # 150 make every row heavy (GenCO selects in 0.12 s per request there)
     scaling_impressions: int  # the scaling scenario measures selection cost: a small log is enough to fit on
     cold_start_seeds: list[int]
     options: dict[str, Any] = field(default_factory=dict)  # passed to every GenCO variant (e.g. epochs)
@@ -63,13 +64,14 @@ class BenchPlan:
             return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, min(seeds, 2) + 1)), sweep_seeds=[1],
                        impressions=impressions or 4_000, requests=300, interaction=[0.0, 2.0], candidates=[5, 30],
                        log_sizes=[2_000, 8_000], loop=bench.LoopConfig(warm_start=1_000, rounds=2, per_round=1_000),
-                       scaling_sizes=[5, 30], candidates_impressions=impressions or 4_000, scaling_impressions=2_000,
+                       scaling_sizes=[5, 30], candidates_impressions=impressions or 4_000, candidates_requests=300, scaling_impressions=2_000,
                        cold_start_seeds=[1], options={"epochs": 2}, chosen_policies=bool(policies), fixed_world=fixed_world)
         return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, seeds + 1)), sweep_seeds=[1],
                    impressions=impressions or 50_000, requests=1_000, interaction=[0.0, 1.0, 2.0],
                    candidates=[5, 15, 50, 150], log_sizes=[10_000, 50_000, 100_000],
                    loop=bench.LoopConfig(warm_start=5_000, rounds=4, per_round=5_000), scaling_sizes=[5, 15, 50, 150],
-                   candidates_impressions=10_000, scaling_impressions=2_000, cold_start_seeds=[1], options={},
+                   candidates_impressions=10_000, candidates_requests=400, scaling_impressions=2_000, cold_start_seeds=[1],
+                   options={},
                    chosen_policies=bool(policies), fixed_world=fixed_world)
 
     def subset(self, default: list[str]) -> list[str]:
@@ -110,7 +112,8 @@ def _run_scenarios(plan: BenchPlan, out: Path, rows: list[dict[str, Any]], secti
         elif scenario == "interaction":
             rows += bench.sweep(plan.subset(SWEEP), base, plan.sweep_seeds, "interaction", plan.interaction, "interaction", **opts)
         elif scenario == "candidates":
-            rows += bench.sweep(plan.subset(SWEEP), replace(base, impressions=plan.candidates_impressions), plan.sweep_seeds,
+            candidates_base = replace(base, impressions=plan.candidates_impressions, requests=plan.candidates_requests)
+            rows += bench.sweep(plan.subset(SWEEP), candidates_base, plan.sweep_seeds,
                                 "max_candidates", plan.candidates, "candidates", **opts)
         elif scenario == "log-size":
             rows += bench.sweep(plan.subset(SWEEP), base, plan.sweep_seeds, "impressions", plan.log_sizes, "log-size", **opts)

@@ -251,7 +251,7 @@ def bench(
     scenarios: Annotated[str, typer.Option(help="Comma-separated: offline, closed-loop, interaction, candidates, log-size, cold-start, scaling.")] = "offline,closed-loop,interaction,candidates,log-size,cold-start,scaling",
     seeds: Annotated[int, typer.Option(help="Seeds of the offline scenario (mean and spread); the sweeps, cold start and the loop use seed 1.")] = 3,
     quick: Annotated[bool, typer.Option("--quick", help="A small version of everything (CI): minutes, not half an hour.")] = False,
-    impressions: Annotated[Optional[int], typer.Option(help="Logged impressions of the offline, interaction and cold-start worlds (default 50,000; quick 4,000); the candidates sweep logs 10,000, the scaling scenario 2,000.")] = None,
+    impressions: Annotated[Optional[int], typer.Option(help="Logged impressions of the offline, interaction and cold-start worlds (default 50,000; quick 4,000); the candidates sweep logs 10,000 and scores 400 requests, the scaling scenario logs 2,000.")] = None,
     out: Annotated[Path, typer.Option(help="Report folder: results.md, results.json, plots.")] = Path("reports/bench"),
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every result row as a JSON list here.")] = None,
     fixed_world: Annotated[bool, typer.Option("--fixed-world", help="Offline: keep the world of seed 1 for every seed, so the spread is that of training and selection alone.")] = False,

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from genco import console
@@ -75,11 +76,15 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
 def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     oracle, random_ctr = rows[0]["oracle_ctr"], rows[0]["random_ctr"]
     table = Table(title=f"genco demo: interaction world (seed {config.seed}), {config.impressions} logged impressions",
-                  caption=f"random exposure CTR {random_ctr:.4f}, oracle CTR {oracle:.4f}")
+                  caption=f"random exposure CTR {random_ctr:.4f}, oracle CTR {oracle:.4f}", box=box.SIMPLE_HEAD,
+                  pad_edge=False, show_edge=False, collapse_padding=True)
     columns = ("policy", "true CTR", "lift vs random", "frac of oracle lift", "sampled only", "attribution", "fit s",
                "select s / 1k")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "policy" else "right", no_wrap=column == "policy")
+    headers = ("policy", "true\nCTR", "lift vs\nrandom", "frac of\noracle\nlift", "sampled\nonly", "attri-\nbution",
+               "fit s", "select\ns / 1k")  # short lines: the table fits an 80-column terminal, figures never cut
+    for header in headers:
+        table.add_column(header, justify="left" if header == "policy" else "right", no_wrap=True,
+                         min_width=max(map(len, header.split("\n"))))
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for r in rows:
         own = {key: f"{r[key]:.3f}" if key in r else "" for key in ("frac_sampling_alone", "attribution_corr")}  # GenCO only

@@ -89,15 +89,20 @@ def bars(values: dict[str, float], path: str | Path, *, ylabel: str, title: str,
 def attribution(components: Sequence, path: str | Path, title: str = "Element attribution: reward model against the truth") -> None:
     """One panel per component: every candidate swapped into the oracle's combination, the reward model's
     creative logit against the world's true click logit, both centred within the request (genco.attribution)."""
-    fig, axes = plt.subplots(1, len(components), figsize=(3.2 * len(components), 3.2), squeeze=False)
+    columns = min(3, len(components))
+    rows = -(-len(components) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False, layout="constrained")
     rng = np.random.default_rng(0)
-    for ax, record in zip(axes[0], components):
+    for ax in axes.flat[len(components):]:
+        ax.set_visible(False)
+    for ax, record in zip(axes.flat, components):
         truth, model = np.concatenate(record.truth), np.concatenate(record.model)
         keep = rng.permutation(len(truth))[:3000]  # enough points to see, few enough to draw
         ax.scatter(truth[keep], model[keep], s=4, alpha=0.3)
         ax.set_title(f"{record.component}\ncorr {record.corr:.2f}, captured {record.captured:.2f}", fontsize=9)
         ax.set_xlabel("true logit (centred)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("reward model logit (centred)")
+    for row in axes:
+        row[0].set_ylabel("reward model logit (centred)")
     fig.suptitle(title)
     _save(fig, path)
