@@ -166,5 +166,8 @@ def _scaling_plot(rows: list[dict[str, Any]], path: Path) -> None:
     for policy in dict.fromkeys(r["policy"] for r in rows):
         mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["max_candidates"])
         series[policy] = ([r["max_candidates"] for r in mine], [r["select_seconds_per_1k"] for r in mine])
+        if all("sampled_select_seconds_per_1k" in r for r in mine):
+            series[f"{policy}, sampled only"] = ([r["max_candidates"] for r in mine],
+                                                 [r["sampled_select_seconds_per_1k"] for r in mine])
     curves(series, path, xlabel="candidates per component (largest pool)", ylabel="seconds per 1,000 requests",
-           title="selection cost as pools grow")
+           title="selection cost as pools grow", log=True)

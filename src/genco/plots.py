@@ -59,9 +59,12 @@ def training_curve(history: Sequence, path: str | Path, title: str = "GenCO trai
 
 
 def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, xlabel: str, ylabel: str,
-           title: str, bands: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> None:
-    """Several named (x, y) lines on one chart, with optional shaded (low, high) bands."""
+           title: str, bands: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None, log: bool = False) -> None:
+    """Several named (x, y) lines on one chart, with optional shaded (low, high) bands; log: both axes logarithmic."""
     fig, ax = plt.subplots(figsize=(7, 4))
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     for name, (x, y) in series.items():
         line = ax.plot(x, y, "o-", label=name, markersize=3)[0]
         if bands and name in bands:
