@@ -35,9 +35,6 @@ class ComponentAttribution:
     model: list[np.ndarray] = field(default_factory=list, repr=False)  # per request: model logits, centred
     truth: list[np.ndarray] = field(default_factory=list, repr=False)  # per request: true logits, centred
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return {"component": self.component, "requests": self.requests, "corr": self.corr, "captured": self.captured}
-
 
 def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
@@ -94,4 +91,3 @@ def summary(attribution: list[ComponentAttribution]) -> dict[str, float]:
         return {}
     return {"attribution_corr": float(np.average([r.corr for r in attribution], weights=weights)),
             "attribution_captured": float(np.average([r.captured for r in attribution], weights=weights))}
-

@@ -123,6 +123,7 @@ def genco_figures(policy, requests: EncodedRows, evaluator: Evaluator, rows: np.
       component against the world's truth (genco.attribution; where multi-instance learning should show).
     """
     from genco.attribution import element_attribution, summary
+
     if not isinstance(policy, GenCOPolicy):
         return {}
     chosen = policy.choose_by_sampling(requests, seed=seed)
@@ -136,9 +137,9 @@ _reused: dict[tuple, dict[str, Any]] | None = None  # identical fits of this run
 @contextlib.contextmanager
 def reusing_identical_fits() -> Iterator[None]:
     """Within the block, a policy fitted and scored on exactly the same world, logs, requests, seed and options
-    as before is not fitted again: its row is copied. The sweeps share their middle setting with the offline
-    scenario (interaction 1.0, 15 candidates, the offline log size, all on the seed-1 world); a full run would
-    otherwise fit those policies four times over for the same figures."""
+    as before is not fitted again: its row is copied. The full preset's interaction sweep at 1.0 and its log-size
+    sweep at 50,000 are the offline scenario's seed-1 world; without this a full run would fit those policies
+    three times over for the same figures."""
     global _reused
     _reused = {}
     try:
