@@ -128,7 +128,8 @@ def genco_figures(policy, requests: EncodedRows, evaluator: Evaluator, rows: np.
         return {}
     chosen = policy.choose_by_sampling(requests, seed=seed)
     sampled = evaluator.score([chosen.selections[k] for k in rows], rows)["frac_of_oracle_lift"]
-    return {"frac_sampling_alone": sampled, **summary(element_attribution(policy.model, requests, evaluator))}
+    policy.attribution = element_attribution(policy.model, requests, evaluator)  # kept for plots (genco demo)
+    return {"frac_sampling_alone": sampled, **summary(policy.attribution)}
 
 
 _reused: dict[tuple, dict[str, Any]] | None = None  # identical fits of this run, when reuse is on

@@ -17,7 +17,6 @@ from rich import box
 from rich.table import Table
 
 from genco import console
-from genco.attribution import element_attribution
 from genco.bench import score_policy
 from genco.data import encode
 from genco.evaluate import Evaluator
@@ -67,7 +66,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
             save_trained(policy.result, model_dir, policy.train_config)
             training_curve(policy.result.history, out / f"training_curve_{name}.png", title=f"{name} training")
             if name == "genco":
-                attribution_plot(element_attribution(policy.model, request_data, evaluator), out / "attribution.png",
+                attribution_plot(policy.attribution, out / "attribution.png",
                                  title="genco: element attribution, reward models against the world's truth")
     _report(rows, out, config)
     return rows

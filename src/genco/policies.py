@@ -30,6 +30,7 @@ class GenCOPolicy(Policy):
         self.select_config = select_config or SelectConfig()
         self.model: GenCO | None = None
         self.result: TrainResult | None = None
+        self.attribution: list | None = None  # per component, set when genco.bench scores it on a world
 
     def fit(self, logs: EncodedRows) -> "GenCOPolicy":
         self.result = train(logs, self.model_config, self.train_config, model_class=self.model_class)
