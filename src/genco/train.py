@@ -206,6 +206,14 @@ def predict_shown(model: GenCO, data: EncodedRows, rows: np.ndarray, batch_size:
     return np.concatenate(out) if out else np.empty(0)
 
 
+def heldout_figures(model: GenCO | RewardEnsemble, data: EncodedRows, heldout: np.ndarray) -> tuple[float, float]:
+    """AUC and log loss of the reward model on held-out rows. An ensemble's members hold out different rows,
+    so only a member has honest held-out figures: the first (the generator stage leaves it unchanged)."""
+    p = predict_shown(getattr(model, "primary", model), data, heldout)
+    y = data.click[heldout]
+    return auc(y, p), log_loss(y, p)
+
+
 @torch.no_grad()
 def generator_reward(model: GenCO, data: EncodedRows, rows: np.ndarray, k: int = 16, batch_size: int = 2048) -> float:
     """Mean creative logit (by the reward model) of the best of the generator's greedy pick and K samples:
@@ -266,14 +274,11 @@ class _Epochs:
                     if steps % 20 == 0:
                         bar.update(status=f"loss {sums['total'] / steps:.4f}")
             with judge():
-                # An ensemble's members hold out different rows, so only a member has honest held-out figures:
-                # the first (the generator stage leaves it unchanged).
-                p = predict_shown(getattr(model, "primary", model), self.data, heldout)
-                y = self.data.click[heldout]
+                heldout_auc, heldout_logloss = heldout_figures(model, self.data, heldout)
                 record = EpochRecord(
                     epoch=epoch, stage=stage, member=member, train_loss=sums["total"] / steps,
                     train_comb=sums["comb"] / steps, train_elem=sums["elem"] / steps, train_rl=sums["rl"] / steps,
-                    heldout_auc=auc(y, p), heldout_logloss=log_loss(y, p),
+                    heldout_auc=heldout_auc, heldout_logloss=heldout_logloss,
                     heldout_generator_reward=generator_reward(model, self.data, heldout) if stage == "generator" else None,
                     seconds=time.perf_counter() - began, lr=float(optimizer.param_groups[-1]["lr"]),
                 )
@@ -413,10 +418,10 @@ def train_generator(model: GenCO | RewardEnsemble, data: EncodedRows, config: Tr
 
     began = time.perf_counter()
     before = generator_reward(model, data, heldout)
-    p, y = predict_shown(own, data, heldout), data.click[heldout]
+    heldout_auc, heldout_logloss = heldout_figures(model, data, heldout)
     loop.history.append(EpochRecord(  # epoch 0: the generator as stage 1 left it, judged before any update
         epoch=0, stage="generator", member=0, train_loss=0.0, train_comb=0.0, train_elem=0.0, train_rl=0.0,
-        heldout_auc=auc(y, p), heldout_logloss=log_loss(y, p), heldout_generator_reward=before,
+        heldout_auc=heldout_auc, heldout_logloss=heldout_logloss, heldout_generator_reward=before,
         seconds=time.perf_counter() - began, lr=config.rl_lr))
     best_state, _ = loop.run(model, "generator", 0, rows, heldout, step, optimizer, config.rl_epochs, config.seed,
                              best_score=-before)
