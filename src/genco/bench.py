@@ -33,7 +33,8 @@ from genco.contract import LogRow, Request
 from genco.data import EncodedRows, encode, positions_of
 from genco.evaluate import Evaluator
 from genco.policies import GenCOPolicy, make_policy
-from genco.world import World, WorldConfig, random_exposure_logs, simulate_in_memory
+from genco.model import GenCO
+from genco.world import TREE, World, WorldConfig, random_exposure_logs, simulate_in_memory
 
 SCENARIOS = ("offline", "closed-loop", "interaction", "candidates", "log-size", "cold-start", "scaling")
 
@@ -120,8 +121,13 @@ def genco_figures(policy, requests: EncodedRows, evaluator: Evaluator, rows: np.
     - frac_sampling_alone: the share of the oracle's lift its generator finds without the coordinate ascent
       (where the policy gradient shows, since the ascent can make up for a poor generator);
     - attribution_corr / attribution_captured: how well its reward models rank the candidates of each
-      component against the world's truth (genco.attribution; where multi-instance learning should show).
+      component against the world's truth (genco.attribution; where multi-instance learning should show);
+    - heldout_auc / heldout_logloss: the first reward model's, at its kept epoch (combination level, beside
+      attribution's element level: the seed's test of MIL is which of the two degrades without it);
+    - attention_partner_ratio (reward model) / generator_attention_partner_ratio: the weight attention puts on
+      the world's truly interacting pairs of components over the others (genco.attention_map; 1 = uniform).
     """
+    from genco.attention_map import attention_map
     from genco.attribution import element_attribution, summary
 
     if not isinstance(policy, GenCOPolicy):
@@ -129,7 +135,13 @@ def genco_figures(policy, requests: EncodedRows, evaluator: Evaluator, rows: np.
     chosen = policy.choose_by_sampling(requests, seed=seed)
     sampled = evaluator.score([chosen.selections[k] for k in rows], rows)["frac_of_oracle_lift"]
     policy.attribution = element_attribution(policy.model, requests, evaluator)  # kept for plots (genco demo)
-    return {"frac_sampling_alone": sampled, **summary(policy.attribution)}
+    figures = {"frac_sampling_alone": sampled, **summary(policy.attribution),
+               "heldout_auc": policy.result.best.heldout_auc, "heldout_logloss": policy.result.best.heldout_logloss}
+    if policy.model_config.cross_component and policy.model_class is GenCO:  # the AR generator attends otherwise
+        policy.attention = attention_map(policy.model, requests, seed=seed)  # kept for plots (genco demo)
+        figures |= {"attention_partner_ratio": policy.attention.partner_ratio(TREE.items()),
+                    "generator_attention_partner_ratio": policy.attention.partner_ratio(TREE.items(), "generator")}
+    return figures
 
 
 _reused: dict[tuple, dict[str, Any]] | None = None  # identical fits of this run, when reuse is on
@@ -312,7 +324,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (scenario, setting, policy), members in groups.items():
         summary: dict[str, Any] = {"scenario": scenario, "setting": setting, "policy": policy, "seeds": len(members)}
         for key in ("ctr", "random_ctr", "oracle_ctr", "lift_vs_random", "frac_of_oracle_lift", "fit_seconds",
-                    "select_seconds_per_1k", "frac_sampling_alone", "attribution_corr", "attribution_captured"):
+                    "select_seconds_per_1k", "frac_sampling_alone", "attribution_corr", "attribution_captured",
+                    "heldout_auc", "heldout_logloss", "attention_partner_ratio", "generator_attention_partner_ratio"):
             if key not in members[0]:
                 continue
             values = np.array([m[key] for m in members], dtype=float)
@@ -324,21 +337,21 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(summary: Sequence[dict[str, Any]]) -> str:
     lines = ["| scenario | setting | policy | true CTR | lift vs random | frac of oracle lift (mean ± sd) | "
-             "sampled only | attribution corr | fit s | select s / 1k |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "sampled only | attribution corr | held-out log loss | attention on partners | fit s | select s / 1k |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         setting = "" if s["setting"] is None else str(s["setting"])
         lines.append(
             f"| {s['scenario']} | {setting} | {s['policy']} | {s['ctr']:.4f} | {s['lift_vs_random']:+.1%} | "
             f"{_mean_sd(s, 'frac_of_oracle_lift')} | {_mean_sd(s, 'frac_sampling_alone')} | {_mean_sd(s, 'attribution_corr')} | "
-            f"{s['fit_seconds']:.1f} | {s['select_seconds_per_1k']:.2f} |"
+            f"{_mean_sd(s, 'heldout_logloss', 4)} | {_mean_sd(s, 'attention_partner_ratio', 2)} | {s['fit_seconds']:.1f} | {s['select_seconds_per_1k']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def _mean_sd(summary: dict[str, Any], key: str) -> str:
+def _mean_sd(summary: dict[str, Any], key: str, digits: int = 3) -> str:
     """'mean ± sd' of one figure of a summary row; empty where the policy has no such figure."""
-    return f"{summary[key]:.3f} ± {summary[key + '_std']:.3f}" if key in summary else ""
+    return f"{summary[key]:.{digits}f} ± {summary[key + '_std']:.{digits}f}" if key in summary else ""
 
 
 def loop_markdown(rows: Sequence[dict[str, Any]]) -> str:

@@ -165,6 +165,7 @@ def train(
     epochs: Annotated[int, typer.Option(help="At most this many reward-model epochs (early stopping usually ends sooner).")] = 30,
     seed: Annotated[int, typer.Option(help="Random seed (split, initialisation, sampling).")] = 0,
     no_attention: Annotated[bool, typer.Option("--no-attention", help="Ablation: uniform cross-component attention.")] = False,
+    no_cross_component: Annotated[bool, typer.Option("--no-cross-component", help="Diagnostic: no cross-component vector at all (every element scored alone; the paper's ablations keep it).")] = False,
     no_mil: Annotated[bool, typer.Option("--no-mil", help="Ablation: combination loss only, no element-level term.")] = False,
     no_rl: Annotated[bool, typer.Option("--no-rl", help="Ablation: no policy-gradient term.")] = False,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
@@ -192,7 +193,8 @@ def train(
     data, report = read_logs(logs, on_bad_row=on_bad_row.value)
     if data.click.sum() == 0:
         raise GencoInputError(f"{logs}: no clicks in {len(data)} rows: nothing to learn from")
-    model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention)
+    model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention,
+                               cross_component=not no_cross_component)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
                                reward_models=reward_models, rl_objective=rl_objective.value)

@@ -4,7 +4,8 @@
 2. fit the policies: random, per-element counting, GenCO and its three ablations;
 3. select (greedy) for fresh requests and score every selection against the world's ground truth;
 4. print one table and write a report folder: results (JSON, Markdown), a bar chart, GenCO's model folder,
-   training curves and the element attribution of its reward models against the world's truth.
+   training curves, the element attribution of its reward models against the world's truth and where its
+   cross-component attention looks.
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ from genco.bench import score_policy
 from genco.data import encode
 from genco.evaluate import Evaluator
 from genco.files import atomic_write_bytes, load_requests
+from genco.plots import attention as attention_plot
 from genco.plots import attribution as attribution_plot
 from genco.plots import bars, training_curve
 from genco.policies import GenCOPolicy, make_policy
 from genco.train import read_logs, save_trained
-from genco.world import WorldConfig, simulate
+from genco.world import TREE, WorldConfig, simulate
 
 DEMO_POLICIES = ["random", "counting", "genco", "genco-no-attention", "genco-no-mil", "genco-no-rl"]
+
+
+# Markdown column -> terminal header, in short lines: the table fits an 80-column terminal, figures never cut.
+COLUMNS = {"policy": "policy", "true CTR": "true\nCTR", "lift vs random": "lift vs\nrandom",
+           "frac of oracle lift": "frac of\noracle\nlift", "sampled only": "sampled\nonly", "attribution": "attri-\nbution",
+           "fit s": "fit s", "select s / 1k": "select\ns / 1k"}
 
 
 @dataclass
@@ -68,6 +76,11 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
             if name == "genco":
                 attribution_plot(policy.attribution, out / "attribution.png",
                                  title="genco: element attribution, reward models against the world's truth")
+                amap = policy.attention
+                attention_plot({"reward models: among a combination's elements": amap.reward,
+                                "generator: over every candidate of the request": amap.generator},
+                               amap.components, out / "attention.png", partners=list(TREE.items()),
+                               title="genco: cross-component attention against the world's interacting pairs")
     _report(rows, out, config)
     return rows
 
@@ -77,14 +90,10 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     table = Table(title=f"genco demo: interaction world (seed {config.seed}), {config.impressions} logged impressions",
                   caption=f"random exposure CTR {random_ctr:.4f}, oracle CTR {oracle:.4f}", box=box.SIMPLE_HEAD,
                   pad_edge=False, show_edge=False, collapse_padding=True)
-    columns = ("policy", "true CTR", "lift vs random", "frac of oracle lift", "sampled only", "attribution", "fit s",
-               "select s / 1k")
-    headers = ("policy", "true\nCTR", "lift vs\nrandom", "frac of\noracle\nlift", "sampled\nonly", "attri-\nbution",
-               "fit s", "select\ns / 1k")  # short lines: the table fits an 80-column terminal, figures never cut
-    for header in headers:
+    for header in COLUMNS.values():
         table.add_column(header, justify="left" if header == "policy" else "right", no_wrap=True,
                          min_width=max(map(len, header.split("\n"))))
-    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
     for r in rows:
         own = {key: f"{r[key]:.3f}" if key in r else "" for key in ("frac_sampling_alone", "attribution_corr")}  # GenCO only
         cells = [r["policy"], f"{r['ctr']:.4f}", f"{r['lift_vs_random']:+.1%}", f"{r['frac_of_oracle_lift']:.3f}",
@@ -96,4 +105,4 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
     bars({r["policy"]: r["frac_of_oracle_lift"] for r in rows}, out / "frac_of_oracle_lift.png",
          ylabel="fraction of the oracle's lift", title="Share of the oracle's CTR lift over random, captured")
-    console.out.print(f"report: {out}/ (results.md, results.json, frac_of_oracle_lift.png, attribution.png, training curves, models/)")
+    console.out.print(f"report: {out}/ (results.md, results.json, frac_of_oracle_lift.png, attribution.png, attention.png, training curves, models/)")

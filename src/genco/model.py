@@ -38,6 +38,7 @@ class ModelConfig:
     hidden: int = 64  # phi's deep part
     dropout: float = 0.1
     attention: bool = True  # False: uniform attention weights and uniform pooling (the paper's ablation)
+    cross_component: bool = True  # False: no attention vector at all, every element scored alone (a diagnostic)
     element_ids: bool = True  # False: elements are known by their features and component only
     ad_ids: bool = True  # False: products are known by their features only
 
@@ -77,18 +78,27 @@ class CrossAttention(nn.Module):
     Cross-component: an item attends to the items of the other components only (its own component's other
     candidates are its rivals, not its partners). Besides content (query . key), each head learns a bias per
     pair of components (which components interact at all: title with image, image with badge, ...), as
-    relative-position biases do in text.
+    relative-position biases do in text. Not enabled: no vector at all (zeros), every item on its own.
     """
 
-    def __init__(self, dim: int, heads: int, components: int, learned: bool):
+    def __init__(self, dim: int, heads: int, components: int, learned: bool, enabled: bool = True):
         super().__init__()
-        self.heads, self.learned = heads, learned
+        self.heads, self.learned, self.enabled = heads, learned, enabled
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.pair_bias = nn.Parameter(torch.zeros(heads, components, components))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor) -> torch.Tensor:
         N, L, d = x.shape  # x (N, L, d), mask (N, L), component (L,): the component of each item
+        if not self.enabled:  # no cross-component vector at all: every item is scored on its own
+            return x.new_zeros(N, L, d)
+        weights, v = self.weights(x, mask, component)  # (N, H, L, L), (N, H, L, dh)
+        return self.out((weights @ v).transpose(1, 2).reshape(N, L, d))  # (N, L, d)
+
+    def weights(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention weights (N, H, L, L), each row summing to 1 over the valid items of the other components
+        (0 for a row with none), and the values (N, H, L, dh). Kept apart from forward for genco.attention_map."""
+        N, L, d = x.shape
         q, k, v = self.qkv(x).view(N, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (N, H, L, dh) each
         if self.learned:
             logits = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (N, H, L, L)
@@ -98,8 +108,7 @@ class CrossAttention(nn.Module):
         # cross-component: an item attends to the items of the other components, never to its own component
         other = component[:, None] != component[None, :]  # (L, L)
         logits = logits.masked_fill(~(mask[:, None, None, :] & other), float("-inf"))
-        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a set with no valid item attends to nothing
-        return self.out((weights @ v).transpose(1, 2).reshape(N, L, d))  # (N, L, d)
+        return torch.softmax(logits, dim=-1).nan_to_num(0.0), v  # a set with no valid item attends to nothing
 
 
 class _NoFeatures(nn.Module):
@@ -170,7 +179,7 @@ class GenCO(nn.Module):
         self.element_effect = nn.Embedding(schema.id_buckets, 1)  # what the features cannot see, per element
         # generator: cross-component attention over every candidate, and how peaked pi is per component.
         # The policy gradient can sharpen pi here instead of inflating the scores phi shares with the reward model.
-        self.generator_attention = CrossAttention(d, c.heads, M, learned=c.attention)
+        self.generator_attention = CrossAttention(d, c.heads, M, learned=c.attention, enabled=c.cross_component)
         self.log_sharpness = nn.Parameter(torch.zeros(M))
         self.phi = Phi(C, d, c.hidden, c.dropout)
         # the generator's own correction to phi, learned by the policy gradient alone (starts at zero)
@@ -178,7 +187,7 @@ class GenCO(nn.Module):
         nn.init.zeros_(self.policy_head[-1].weight)
         nn.init.zeros_(self.policy_head[-1].bias)
         # reward model: attention among the chosen elements, MIL attention pooling into the bag logit
-        self.bag_attention = CrossAttention(d, c.heads, M, learned=c.attention)
+        self.bag_attention = CrossAttention(d, c.heads, M, learned=c.attention, enabled=c.cross_component)
         self.pool = nn.Sequential(nn.Linear(2 * d, d), nn.Tanh(), nn.Linear(d, 1))
         self.element_bias = nn.Parameter(torch.zeros(()))
         nn.init.zeros_(self.element_effect.weight)

@@ -109,3 +109,28 @@ def attribution(components: Sequence, path: str | Path, title: str = "Element at
         row[0].set_ylabel("reward model logit (centred)")
     fig.suptitle(title)
     _save(fig, path)
+
+
+def attention(grid_by_name: dict[str, np.ndarray], components: Sequence[str], path: str | Path, *,
+              partners: Sequence[tuple[str, str]] = (), title: str = "Where cross-component attention looks") -> None:
+    """One heatmap per attention (genco.attention_map): row component's weight on the column component relative
+    to a uniform spread (1 = uniform); pairs that truly interact, where known, are framed."""
+    fig, axes = plt.subplots(1, len(grid_by_name), figsize=(4.6 * len(grid_by_name), 4.2), squeeze=False, layout="constrained")
+    index = {name: i for i, name in enumerate(components)}
+    framed = {(index[a], index[b]) for a, b in partners if a in index and b in index}
+    framed |= {(j, i) for i, j in framed}
+    top = max(2.0, max(float(np.nanmax(g)) for g in grid_by_name.values()))
+    for ax, (name, grid) in zip(axes[0], grid_by_name.items()):
+        image = ax.imshow(grid, cmap="RdBu_r", norm=matplotlib.colors.TwoSlopeNorm(1.0, 0.0, top))  # white = uniform
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+            if (i, j) in framed:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
+        ax.set_xticks(range(len(components)), components, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(components)), components, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("attends to")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="weight relative to uniform (framed: truly interacting)")
+    fig.suptitle(title)
+    _save(fig, path)

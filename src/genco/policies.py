@@ -31,6 +31,7 @@ class GenCOPolicy(Policy):
         self.model: GenCO | None = None
         self.result: TrainResult | None = None
         self.attribution: list | None = None  # per component, set when genco.bench scores it on a world
+        self.attention = None  # a genco.attention_map.AttentionMap, set likewise
 
     def fit(self, logs: EncodedRows) -> "GenCOPolicy":
         self.result = train(logs, self.model_config, self.train_config, model_class=self.model_class)
@@ -53,6 +54,7 @@ GENCO_VARIANTS: dict[str, dict] = {
     "genco-no-attention": {"attention": False},
     "genco-no-mil": {"mil": False},
     "genco-no-rl": {"rl": False},
+    "genco-no-cross-component": {"cross_component": False},  # a diagnostic past the paper's ablations
     "genco-mean-baseline": {"rl_objective": "mean"},
     "genco-sampling-only": {"refine_passes": 0},
     "genco-one-reward-model": {"reward_models": 1},

@@ -215,7 +215,7 @@ def heldout_figures(model: GenCO | RewardEnsemble, data: EncodedRows, heldout: n
 
 
 @torch.no_grad()
-def generator_reward(model: GenCO, data: EncodedRows, rows: np.ndarray, k: int = 16, batch_size: int = 2048) -> float:
+def generator_reward(model: GenCO, data: EncodedRows, rows: np.ndarray, k: int, batch_size: int = 2048) -> float:
     """Mean creative logit (by the reward model) of the best of the generator's greedy pick and K samples:
     what stage 2 maximises, and what serving by sampling alone would answer. Fixed seed: epochs compare."""
     model.eval()
@@ -279,7 +279,7 @@ class _Epochs:
                     epoch=epoch, stage=stage, member=member, train_loss=sums["total"] / steps,
                     train_comb=sums["comb"] / steps, train_elem=sums["elem"] / steps, train_rl=sums["rl"] / steps,
                     heldout_auc=heldout_auc, heldout_logloss=heldout_logloss,
-                    heldout_generator_reward=generator_reward(model, self.data, heldout) if stage == "generator" else None,
+                    heldout_generator_reward=generator_reward(model, self.data, heldout, config.k) if stage == "generator" else None,
                     seconds=time.perf_counter() - began, lr=float(optimizer.param_groups[-1]["lr"]),
                 )
                 score = record.heldout_logloss if stage == "reward" else -record.heldout_generator_reward
@@ -417,7 +417,7 @@ def train_generator(model: GenCO | RewardEnsemble, data: EncodedRows, config: Tr
         return {"total": loss.detach(), "rl": loss.detach() / config.rl_weight}
 
     began = time.perf_counter()
-    before = generator_reward(model, data, heldout)
+    before = generator_reward(model, data, heldout, config.k)
     heldout_auc, heldout_logloss = heldout_figures(model, data, heldout)
     loop.history.append(EpochRecord(  # epoch 0: the generator as stage 1 left it, judged before any update
         epoch=0, stage="generator", member=0, train_loss=0.0, train_comb=0.0, train_elem=0.0, train_rl=0.0,
