@@ -24,7 +24,7 @@ def model_dir(train_world, tmp_path_factory):
 
 def test_train_writes_a_complete_model_folder(model_dir):
     names = {p.name for p in model_dir.iterdir()}
-    assert {"model.safetensors", "genco.json", "history.json", "training_curve.png"} <= names
+    assert {"model.safetensors", "genco.json", "history.json", "training_curve.png", "attention.png"} <= names
     meta = json.loads((model_dir / "genco.json").read_text())
     assert meta["train_config"]["rl_weight"] == 0.15 and meta["model_config"]["context_dim"] == 8
     assert 0.5 < meta["metrics"]["heldout_auc"] < 1

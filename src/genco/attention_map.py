@@ -75,8 +75,11 @@ class _Accumulator:
 
 
 @torch.no_grad()
-def attention_map(model, requests: EncodedRows, *, bags_per_request: int = 4, seed: int = 0, batch_size: int = 256) -> AttentionMap:
-    """The relative attention weights of a GenCO or a RewardEnsemble on the requests (see the module doc)."""
+def attention_map(model, requests: EncodedRows, *, rows: np.ndarray | None = None, bags_per_request: int = 4,
+                  seed: int = 0, batch_size: int = 256) -> AttentionMap:
+    """The relative attention weights of a GenCO or a RewardEnsemble on the requests, or on the given rows of
+    them (see the module doc). Log rows serve as well: only their candidates are used."""
+    rows = np.arange(len(requests)) if rows is None else np.asarray(rows)
     members: list[GenCO] = list(getattr(model, "members", [model]))
     names = requests.schema.components
     M = len(names)
@@ -84,8 +87,8 @@ def attention_map(model, requests: EncodedRows, *, bags_per_request: int = 4, se
     draw = torch.Generator().manual_seed(seed)
     for member in members:
         member.eval()
-    for idx in batch_indices(len(requests), batch_size):
-        batch = collate(requests, idx)
+    for idx in batch_indices(len(rows), batch_size):
+        batch = collate(requests, rows[idx])
         for k, member in enumerate(members):
             enc = member.encode(batch)
             if k == 0:

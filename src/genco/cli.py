@@ -182,8 +182,9 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train the generator and the multi-instance reward model from logs; write a model folder."""
+    from genco.attention_map import attention_map
     from genco.model import ModelConfig
-    from genco.train import TrainConfig, read_logs, save_trained, train as run
+    from genco.train import TrainConfig, read_logs, save_trained, split, train as run
 
     console.set_quiet(quiet)
     if not 0 <= holdout < 1:
@@ -200,7 +201,11 @@ def train(
                                reward_models=reward_models, rl_objective=rl_objective.value)
     note(f"training on {len(data)} impressions ({int(data.click.sum())} clicks), components: {', '.join(data.schema.components)}")
     result = run(data, model_config, train_config)
-    save_trained(result, out, train_config, {"logs": str(logs), "skipped_rows": dict(report.skipped)})
+    attention = None
+    if model_config.cross_component:  # drawn on held-out rows: which components the model lets interact
+        _, heldout = split(len(data), train_config.holdout, train_config.seed)
+        attention = attention_map(result.model, data, rows=heldout[:2000])
+    save_trained(result, out, train_config, {"logs": str(logs), "skipped_rows": dict(report.skipped)}, attention)
     summary = result.summary()
     out_line = {k: summary[k] for k in ("best_epoch", "heldout_auc", "heldout_logloss", "train_seconds", "impressions_per_second")}
     console.out.print(f"wrote {out}: " + json.dumps(out_line))

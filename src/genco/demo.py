@@ -22,9 +22,8 @@ from genco.bench import score_policy
 from genco.data import encode
 from genco.evaluate import Evaluator
 from genco.files import atomic_write_bytes, load_requests
-from genco.plots import attention as attention_plot
+from genco.plots import attention_maps, bars, training_curve
 from genco.plots import attribution as attribution_plot
-from genco.plots import bars, training_curve
 from genco.policies import GenCOPolicy, make_policy
 from genco.train import read_logs, save_trained
 from genco.world import TREE, WorldConfig, simulate
@@ -71,15 +70,12 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
         rows.append(score_policy(policy, seed, logs, request_data, evaluator))
         if isinstance(policy, GenCOPolicy):
             model_dir = out / "models" / name
-            save_trained(policy.result, model_dir, policy.train_config)
+            save_trained(policy.result, model_dir, policy.train_config, attention=policy.attention)
             training_curve(policy.result.history, out / f"training_curve_{name}.png", title=f"{name} training")
             if name == "genco":
                 attribution_plot(policy.attribution, out / "attribution.png",
                                  title="genco: element attribution, reward models against the world's truth")
-                amap = policy.attention
-                attention_plot({"reward models: among a combination's elements": amap.reward,
-                                "generator: over every candidate of the request": amap.generator},
-                               amap.components, out / "attention.png", partners=list(TREE.items()),
+                attention_maps(policy.attention, out / "attention.png", partners=list(TREE.items()),
                                title="genco: cross-component attention against the world's interacting pairs")
     _report(rows, out, config)
     return rows

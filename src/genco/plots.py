@@ -111,17 +111,21 @@ def attribution(components: Sequence, path: str | Path, title: str = "Element at
     _save(fig, path)
 
 
-def attention(grid_by_name: dict[str, np.ndarray], components: Sequence[str], path: str | Path, *,
-              partners: Sequence[tuple[str, str]] = (), title: str = "Where cross-component attention looks") -> None:
-    """One heatmap per attention (genco.attention_map): row component's weight on the column component relative
-    to a uniform spread (1 = uniform); pairs that truly interact, where known, are framed."""
-    fig, axes = plt.subplots(1, len(grid_by_name), figsize=(4.6 * len(grid_by_name), 4.2), squeeze=False, layout="constrained")
+def attention_maps(amap, path: str | Path, *, partners: Sequence[tuple[str, str]] = (),
+                   title: str = "Where cross-component attention looks") -> None:
+    """The two maps of a genco.attention_map.AttentionMap side by side (reward models, generator): the row
+    component's weight on the column component relative to a uniform spread (1 = uniform, white); pairs that
+    truly interact, where known, are framed."""
+    grids = {"reward models: among a combination's elements": amap.reward,
+             "generator: over every candidate of the request": amap.generator}
+    components = amap.components
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 4.2), squeeze=False, layout="constrained")
     index = {name: i for i, name in enumerate(components)}
     framed = {(index[a], index[b]) for a, b in partners if a in index and b in index}
     framed |= {(j, i) for i, j in framed}
-    top = max(2.0, max(float(np.nanmax(g)) for g in grid_by_name.values()))
-    for ax, (name, grid) in zip(axes[0], grid_by_name.items()):
-        image = ax.imshow(grid, cmap="RdBu_r", norm=matplotlib.colors.TwoSlopeNorm(1.0, 0.0, top))  # white = uniform
+    top = max(2.0, max(float(np.nanmax(g)) for g in grids.values()))
+    for ax, (name, grid) in zip(axes[0], grids.items()):
+        image = ax.imshow(grid, cmap="RdBu_r", norm=matplotlib.colors.TwoSlopeNorm(1.0, 0.0, top))
         for (i, j), value in np.ndenumerate(grid):
             if np.isfinite(value):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
@@ -131,6 +135,7 @@ def attention(grid_by_name: dict[str, np.ndarray], components: Sequence[str], pa
         ax.set_yticks(range(len(components)), components, fontsize=8)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("attends to")
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="weight relative to uniform (framed: truly interacting)")
+    label = "weight relative to uniform" + (" (framed: truly interacting)" if framed else "")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label=label)
     fig.suptitle(title)
     _save(fig, path)

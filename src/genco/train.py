@@ -448,16 +448,20 @@ def read_logs(path, *, on_bad_row: str = "error", max_candidates: int | None = N
     return data, report
 
 
-def save_trained(result: TrainResult, out, train_config: TrainConfig, extra: dict[str, Any] | None = None) -> None:
-    """The model folder: weights, config, schema, held-out metrics, history and the training-curve PNG."""
+def save_trained(result: TrainResult, out, train_config: TrainConfig, extra: dict[str, Any] | None = None,
+                 attention=None) -> None:
+    """The model folder: weights, config, schema, held-out metrics, history and the training-curve PNG, and
+    where given (a genco.attention_map.AttentionMap), the attention map PNG."""
     import json
     from pathlib import Path
 
     from genco.checkpoint import save_model
     from genco.files import atomic_write_bytes
-    from genco.plots import training_curve
+    from genco.plots import attention_maps, training_curve
 
     out = Path(out)
     save_model(result.model, out, {"train_config": train_config.to_dict(), "metrics": result.summary(), **(extra or {})})
     atomic_write_bytes(out / "history.json", json.dumps([asdict(r) for r in result.history], indent=1).encode())
     training_curve(result.history, out / "training_curve.png")
+    if attention is not None:
+        attention_maps(attention, out / "attention.png")
