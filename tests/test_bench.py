@@ -27,6 +27,13 @@ def test_offline_rows_carry_the_required_fields_and_the_oracle_scores_one():
     assert oracle[0]["oracle_ctr"] != oracle[1]["oracle_ctr"]
 
 
+def test_the_additive_oracle_is_the_oracle_without_interactions_and_falls_short_with_them():
+    rows = bench.sweep(["oracle-additive"], TINY, [1], "interaction", [0.0, 2.0], "interaction")
+    share = {r["setting"]: r["frac_of_oracle_lift"] for r in rows}
+    assert share[0.0] == pytest.approx(1.0), "in an additive world the best elements make the best combination"
+    assert share[2.0] < 0.8, "with interactions, the best elements alone miss part of the lift"
+
+
 def test_fixed_world_keeps_the_world_and_summaries_give_mean_and_spread():
     rows = bench.offline(["oracle", "counting"], TINY, [1, 2], vary_world=False)
     assert len({r["oracle_ctr"] for r in rows}) == 1

@@ -43,9 +43,12 @@ class Skip(Exception):
     """A policy that cannot run here (an optional dependency missing): reported, not fatal."""
 
 
+WORLD_POLICIES = ("oracle", "oracle-additive")  # they read the world's truth; no log can train them
+
+
 def build_policy(name: str, seed: int, world: World, **options: Any):
-    if name == "oracle":
-        return OraclePolicy(world)
+    if name in WORLD_POLICIES:
+        return OraclePolicy(world, additive=name == "oracle-additive")
     try:
         return make_policy(name, seed=seed, **options)
     except ImportError as exc:  # e.g. the vw extra is not installed
@@ -57,12 +60,13 @@ def build_policy(name: str, seed: int, world: World, **options: Any):
 
 
 class OraclePolicy:
-    """Knows the world: the best combination of every request (exact, see World.oracle_dicts)."""
+    """Knows the world: the best combination of every request (exact, see World.oracle_dicts); additive: the
+    best element of every component by its own effect, blind to interactions (World.additive_best_dicts), the
+    ceiling of any additive model and so the measure of how much of the lift needs interactions."""
 
-    name = "oracle"
-
-    def __init__(self, world: World):
-        self.world = world
+    def __init__(self, world: World, additive: bool = False):
+        self.world, self.additive = world, additive
+        self.name = "oracle-additive" if additive else "oracle"
 
     def fit(self, logs: EncodedRows) -> "OraclePolicy":
         return self
@@ -71,7 +75,11 @@ class OraclePolicy:
         from genco.baselines.base import choices
 
         rows = [_request_dict(requests, r) for r in range(len(requests))]
-        best, p = self.world.oracle_dicts(rows)
+        if self.additive:
+            best = self.world.additive_best_dicts(rows)
+            p = self.world.click_probability_dicts(rows, best)
+        else:
+            best, p = self.world.oracle_dicts(rows)
         return choices(requests, positions_of(requests, np.arange(len(requests)), best), score=p)
 
 

@@ -20,10 +20,10 @@ from genco.world import WorldConfig
 # alone takes longer than the other eleven together (171-201 s at 50,000 impressions: its generator decodes
 # the components one after another for every sample); it runs in the scaling scenario, and on demand
 # (`--policies genco-autoregressive`). The sweeps and the loop use smaller sets (each fit costs).
-ALL = ["random", "oracle", "counting", "independent-ts", "combination-ts", "mvt", "linucb", "lints", "autoco-lite",
+ALL = ["random", "oracle", "oracle-additive", "counting", "independent-ts", "combination-ts", "mvt", "linucb", "lints", "autoco-lite",
        "vw-slates", "genco", "genco-autoregressive"]
 OFFLINE = [p for p in ALL if p != "genco-autoregressive"]
-SWEEP = ["random", "counting", "mvt", "autoco-lite", "vw-slates", "genco"]
+SWEEP = ["random", "oracle-additive", "counting", "mvt", "autoco-lite", "vw-slates", "genco"]
 LOOP = ["random", "independent-ts", "mvt", "lints", "genco"]
 SCALING = ["genco", "genco-autoregressive", "autoco-lite", "mvt"]
 
@@ -54,7 +54,7 @@ class BenchPlan:
              fixed_world: bool = False) -> "BenchPlan":
         from genco.errors import GencoInputError
 
-        unknown = [p for p in policies if p not in ("oracle", *policy_names())]
+        unknown = [p for p in policies if p not in (*bench.WORLD_POLICIES, *policy_names())]
         if unknown:
             raise GencoInputError(f"unknown policies {unknown}; `genco bench --list` names them")
         bad = [s for s in scenarios if s not in bench.SCENARIOS]

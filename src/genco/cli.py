@@ -266,13 +266,13 @@ def bench(
     quiet: Quiet = False,
 ) -> None:
     """Run policies side by side on simulated worlds over several seeds; print one table (Markdown), write JSON and plots."""
+    from genco.bench import WORLD_POLICIES
     from genco.bench_plan import BenchPlan, run_bench
     from genco.policies import policy_names
 
     console.set_quiet(quiet)
     if list_policies:
-        out_names = ["oracle", *policy_names()]
-        console.out.print("\n".join(out_names))
+        console.out.print("\n".join([*WORLD_POLICIES, *policy_names()]))
         return
     plan = BenchPlan.make(quick=quick, seeds=seeds, impressions=impressions,
                           policies=[p for p in policies.split(",") if p], scenarios=[s for s in scenarios.split(",") if s],
