@@ -95,8 +95,6 @@ def attention_map(model, requests: EncodedRows, *, rows: np.ndarray | None = Non
                 pool.add(member.generator_attention, enc.e, enc.mask, enc.slot_component)
                 uniform = member.log_pi(torch.zeros_like(enc.effect), enc)  # (B, T) every candidate alike
                 combos = member.sample(uniform, enc, bags_per_request, draw)  # (B, K, M)
-            B, K, d = combos.shape[0], combos.shape[1], enc.e.shape[-1]
-            slot, present = member.slots(combos, enc)
-            e = enc.e.gather(1, slot.view(B, K * M, 1).expand(-1, -1, d)).view(B * K, M, d)  # (B*K, M, d)
-            bag[k].add(member.bag_attention, e, present.view(B * K, M), torch.arange(M))
+            e, _, present = member.bags(enc, combos)  # (B, K, M, d), (B, K, M)
+            bag[k].add(member.bag_attention, e.flatten(0, 1), present.flatten(0, 1), torch.arange(M))
     return AttentionMap(list(names), np.mean([acc.grid() for acc in bag], axis=0), pool.grid())

@@ -32,8 +32,8 @@ from genco import console
 from genco.contract import LogRow, Request
 from genco.data import EncodedRows, encode, positions_of
 from genco.evaluate import Evaluator
-from genco.policies import GenCOPolicy, make_policy
 from genco.model import GenCO
+from genco.policies import GenCOPolicy, make_policy
 from genco.world import TREE, World, WorldConfig, random_exposure_logs, simulate_in_memory
 
 SCENARIOS = ("offline", "closed-loop", "interaction", "candidates", "log-size", "cold-start", "scaling")

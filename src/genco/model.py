@@ -313,12 +313,19 @@ class GenCO(nn.Module):
 
     # -- multi-instance reward model -----------------------------------------------------------------------------
 
+    @classmethod
+    def bags(cls, enc: Encoded, combos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The chosen elements of combinations (B, K, M): embeddings (B, K, M, d), slots and presence (B, K, M)."""
+        B, K, M = combos.shape
+        slot, present = cls.slots(combos, enc)
+        e = enc.e.gather(1, slot.view(B, K * M, 1).expand(-1, -1, enc.e.shape[-1])).view(B, K, M, -1)
+        return e, slot, present
+
     def reward(self, enc: Encoded, combos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Score combinations (B, K, M) -> creative logit (B, K), instance scores (B, K, M), presence (B, K, M)."""
         B, K, M = combos.shape
         d = enc.e.shape[-1]
-        slot, present = self.slots(combos, enc)
-        e = enc.e.gather(1, slot.view(B, K * M, 1).expand(-1, -1, d)).view(B, K, M, d)  # (B, K, M, d)
+        e, slot, present = self.bags(enc, combos)  # (B, K, M, d), (B, K, M), (B, K, M)
         a = self.bag_attention(e.view(B * K, M, d), present.view(B * K, M), torch.arange(M)).view(B, K, M, d)  # among the chosen
         h = enc.h[:, None, None, :].expand(-1, K, M, -1)  # (B, K, M, C)
         effect = enc.effect.gather(1, slot.view(B, K * M)).view(B, K, M)
