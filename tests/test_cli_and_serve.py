@@ -93,7 +93,7 @@ def test_http_service(train_world, model_dir):
     unknown = dict(requests[0], components={"sticker": [{"id": "s", "features": []}]})
     response = client.post("/v1/select", json={"requests": [unknown]})
     assert response.status_code == 422 and "unknown-component" in response.text
-    assert client.post("/v1/select", content=b"{not json").status_code == 422
+    assert client.post("/v1/select", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
     assert client.get("/healthz").status_code == 200, "the server stays up"
     metrics = client.get("/metrics").text
     assert 'genco_select_calls_total{outcome="ok"} 2.0' in metrics

@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 from genco.model import Encoded, GenCO
+from genco.noise import Randomness, uniform
 
 
 class AutoregressiveGenCO(GenCO):
-    def generate(self, enc: Encoded, k: int, generator: torch.Generator | None = None, *, with_greedy: bool = False,
+    def generate(self, enc: Encoded, k: int, generator: Randomness = None, *, with_greedy: bool = False,
                  epsilon: float = 0.0, generator_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Like GenCO.generate: (B, K, M) or (B, 1 + K, M) combinations and their log-probabilities."""
         if generator_only:
@@ -53,7 +54,7 @@ class AutoregressiveGenCO(GenCO):
                 n = valid.sum(dim=1, keepdim=True).clamp(min=1)
                 log_p = ((1 - epsilon) * log_p.exp() + epsilon / n).log()
             log_p = log_p.masked_fill(~valid, float("-inf"))
-            u = torch.rand((B * R, N), generator=generator).clamp_(1e-12, 1 - 1e-12)
+            u = uniform(generator, B, R, N, stream=m).reshape(B * R, N)
             noisy = log_p.detach() - torch.log(-torch.log(u))
             pick = torch.where(is_greedy, log_p.detach().argmax(dim=1), noisy.argmax(dim=1))  # (B*R,)
             log_prob = log_prob + torch.where(present, log_p[rows, pick], 0.0)

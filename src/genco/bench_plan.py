@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from genco import bench, console
-from genco.files import atomic_write_bytes
+from genco.files import atomic_write_bytes, atomic_write_json
 from genco.plots import curves
 from genco.policies import policy_names
 from genco.world import WorldConfig
@@ -90,9 +89,9 @@ def run_bench(plan: BenchPlan, out: Path, json_path: Path | None) -> list[dict[s
     minutes = (time.perf_counter() - started) / 60
     text = f"# genco bench\n\n{len(rows)} result rows in {minutes:.1f} minutes\n\n## offline-style scenarios\n\n{table}\n" + "\n".join(sections)
     atomic_write_bytes(out / "results.md", text.encode())
-    atomic_write_bytes(out / "results.json", json.dumps(rows, indent=1).encode())
+    atomic_write_json(out / "results.json", rows)
     if json_path is not None:
-        atomic_write_bytes(json_path, json.dumps(rows, indent=1).encode())
+        atomic_write_json(json_path, rows)
     for scenario, setting_name in (("interaction", "interaction strength"), ("candidates", "candidates per component"),
                                    ("log-size", "logged impressions")):
         _sweep_plot(summary, scenario, setting_name, out / f"sweep_{scenario}.png")

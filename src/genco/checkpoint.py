@@ -20,17 +20,21 @@ from genco.autoregressive import AutoregressiveGenCO
 from genco.data import FeatureSchema
 from genco.ensemble import RewardEnsemble
 from genco.errors import GencoInputError
-from genco.files import atomic_write_bytes
+from genco.files import atomic_write_json, output_folder
 from genco.model import GenCO, ModelConfig
 
 FORMAT = "genco-model"
 VERSION = 1
 
 
+def check_model_folder(directory: str | Path) -> Path:
+    """A path a model folder can be written to (created now), or a GencoInputError naming --out."""
+    return output_folder(directory, "--out")
+
+
 def save_model(model: torch.nn.Module, directory: str | Path, extra: dict[str, Any]) -> None:
     """Write the weights and metadata; each file is written atomically, genco.json last (it marks completeness)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = check_model_folder(directory)
     tmp = directory / ".model.safetensors.tmp"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))
@@ -45,7 +49,7 @@ def save_model(model: torch.nn.Module, directory: str | Path, extra: dict[str, A
     }
     if isinstance(model, RewardEnsemble):
         meta["ensemble"] = {"members": len(model.members), "member_kind": type(model.primary).__name__}
-    atomic_write_bytes(directory / "genco.json", json.dumps(meta, indent=2).encode())
+    atomic_write_json(directory / "genco.json", meta, indent=2)
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

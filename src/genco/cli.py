@@ -6,7 +6,6 @@ internal failure (a bug: please report it with the traceback printed).
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from enum import Enum
@@ -19,7 +18,12 @@ from rich.table import Table
 
 from genco import console
 from genco.console import err, note, out
+from genco.contract import DEFAULT_MAX_CANDIDATES, Limits
 from genco.errors import GencoInputError
+from genco.files import json_text, output_folder
+from genco.options import MAX_K, SEED_MAX, OptionError, Range, check_value
+
+SEED_RANGE = Range(0, SEED_MAX)
 
 app = typer.Typer(
     name="genco",
@@ -47,7 +51,8 @@ class KindChoice(str, Enum):
     selections = "selections"
 
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes on stderr (warnings and errors still show).")]
+MaxCandidates = Annotated[int, typer.Option(help="Largest candidate pool a component of a row may have (more: a bad row, rule too-many-candidates).")]
 OnBadRow = Annotated[
     OnBadRowChoice,
     typer.Option("--on-bad-row", help="[b]error[/b]: stop at the first bad row (exit 2); [b]skip[/b]: skip and count bad rows."),
@@ -65,7 +70,8 @@ def demo(
     from genco.demo import run_demo
 
     console.set_quiet(quiet)
-    run_demo(out, quick=quick, seed=seed)
+    check_value("seed", seed, SEED_RANGE, integer=True)
+    run_demo(output_folder(out), quick=quick, seed=seed)
 
 
 @app.command()
@@ -95,7 +101,7 @@ def simulate(
         revenue=revenue,
         cold_share=cold_share,
     )
-    run(config, out_dir)
+    run(config, output_folder(out_dir))
     note(f"wrote {out_dir}/logs.jsonl ({impressions} impressions), {out_dir}/requests.jsonl ({requests} requests), ground truth")
 
 
@@ -104,16 +110,17 @@ def validate(
     path: Annotated[Path, typer.Argument(help="A .jsonl, .jsonl.gz or .parquet file, or a folder of them.")],
     kind: Annotated[Optional[KindChoice], typer.Option(help="What the rows are; detected from the first row when not given.")] = None,
     on_bad_row: OnBadRow = OnBadRowChoice.error,
-    max_candidates: Annotated[int, typer.Option(help="Largest candidate pool a row may have.")] = 4096,
+    max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
 ) -> None:
     """Check every row against the contract (CONTRACT.md section 1) and summarise the data set."""
     from genco.validate import summarise_path
 
-    summary = summarise_path(path, kind.value if kind else None, on_bad_row=on_bad_row.value, max_candidates=max_candidates)
+    limits = Limits(max_candidates=max_candidates)
+    summary = summarise_path(path, kind.value if kind else None, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)
     data = summary.to_dict()
     if as_json:
-        out.print_json(json.dumps(data))
+        out.print_json(json_text(data))
         return
     head = f"[bold]{path}[/bold]: {data['rows']} valid {data['kind']} rows in {data['files']} file(s)"
     if summary.report.skipped:
@@ -155,7 +162,7 @@ def evaluate(
     from genco.evaluate import evaluate_files
 
     figures = evaluate_files(world, selections, requests)
-    print(json.dumps(figures))
+    print(json_text(figures))
 
 
 @app.command()
@@ -170,36 +177,39 @@ def train(
     no_rl: Annotated[bool, typer.Option("--no-rl", help="Ablation: no policy-gradient term.")] = False,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
-    k: Annotated[int, typer.Option("--k", help="Combinations sampled per context for the policy gradient; each is credited with what it adds to the best of the K.")] = 16,
+    k: Annotated[int, typer.Option("--k", help=f"Combinations sampled per context for the policy gradient (2 to {MAX_K}); each is credited with what it adds to the best of the K.")] = 16,
     rl_epochs: Annotated[int, typer.Option(help="Generator (policy-gradient) epochs after the reward model.")] = 1,
     reward_models: Annotated[int, typer.Option(help="Reward models in the ensemble, each trained apart (seed, split); the served argmax is their mean's. 1: a single model.")] = 3,
     rl_weight: Annotated[float, typer.Option(help="lambda, the weight of the policy-gradient term.")] = 0.15,
     rl_objective: Annotated[RLObjectiveChoice, typer.Option(help="What the policy gradient maximises: best-of-k, the best of the K samples (what serving answers); mean, their mean reward with the mean of the K as baseline (the paper's; the policy collapses onto one combination).")] = RLObjectiveChoice.best_of_k,
-    holdout: Annotated[float, typer.Option(help="Share of logs held out for AUC, log loss and early stopping.")] = 0.1,
+    holdout: Annotated[float, typer.Option(help="Share of logs held out for AUC, log loss and early stopping (0: judge on the training rows, and say so).")] = 0.1,
     dim: Annotated[int, typer.Option(help="Element embedding width.")] = 32,
     context_dim: Annotated[int, typer.Option(help="Context embedding width (the paper uses 8).")] = 8,
+    max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
     on_bad_row: OnBadRow = OnBadRowChoice.error,
     quiet: Quiet = False,
 ) -> None:
     """Train the generator and the multi-instance reward model from logs; write a model folder."""
     from genco.attention_map import attention_map
+    from genco.checkpoint import check_model_folder
     from genco.model import ModelConfig
-    from genco.train import TrainConfig, read_logs, save_trained, split, train as run
+    from genco.train import TrainConfig, judgement, read_logs, save_trained, split, train as run
 
     console.set_quiet(quiet)
-    if not 0 <= holdout < 1:
-        raise GencoInputError("--holdout must be in [0, 1)")
-    if reward_models < 1:
-        raise GencoInputError("--reward-models must be >= 1")
-    data, report = read_logs(logs, on_bad_row=on_bad_row.value)
-    if data.click.sum() == 0:
-        raise GencoInputError(f"{logs}: no clicks in {len(data)} rows: nothing to learn from")
     model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention,
                                cross_component=not no_cross_component)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
                                reward_models=reward_models, rl_objective=rl_objective.value)
+    check_model_folder(out)  # before hours of training, not after
+    limits = Limits(max_candidates=max_candidates)
+    data, report = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)
+    if data.click.sum() == 0:
+        raise GencoInputError(f"{logs}: no clicks in {len(data)} rows: nothing to learn from")
     note(f"training on {len(data)} impressions ({int(data.click.sum())} clicks), components: {', '.join(data.schema.components)}")
+    caveat = judgement(data, train_config)["caveat"]
+    if caveat:
+        console.warn(caveat)
     result = run(data, model_config, train_config)
     attention = None
     if model_config.cross_component:  # drawn on held-out rows: which components the model lets interact
@@ -207,8 +217,15 @@ def train(
         attention = attention_map(result.model, data, rows=heldout[:2000])
     save_trained(result, out, train_config, {"logs": str(logs), "skipped_rows": dict(report.skipped)}, attention)
     summary = result.summary()
-    out_line = {k: summary[k] for k in ("best_epoch", "heldout_auc", "heldout_logloss", "train_seconds", "impressions_per_second")}
-    console.out.print(f"wrote {out}: " + json.dumps(out_line))
+    out_line = {k: summary[k] for k in ("best_epoch", "heldout_auc", "heldout_logloss", "judged_on", "heldout_rows",
+                                        "heldout_clicks", "train_seconds", "impressions_per_second")}
+    console.out.print(f"wrote {out}: " + json_text(out_line), soft_wrap=True)
+
+
+SelectK = Annotated[int, typer.Option("--k", help=f"Combinations sampled and scored per request (greedy mode; 0 to {MAX_K}).")]
+RefinePasses = Annotated[int, typer.Option(help="Coordinate-ascent passes on the reward model after sampling (greedy mode).")]
+RefineStarts = Annotated[int, typer.Option(help="Greedy mode: coordinate ascent starts from this many of the best candidates.")]
+Epsilon = Annotated[float, typer.Option(help="Explore mode: share of uniform exploration per component, in [0, 1].")]
 
 
 @app.command()
@@ -216,12 +233,13 @@ def select(
     model: Annotated[Path, typer.Option(help="A model folder written by `genco train`.")],
     requests: Annotated[Path, typer.Option(help="Request rows (a file or a folder).")],
     out: Annotated[Path, typer.Option(help="Selection rows to write, one per request, same order.")],
-    greedy: Annotated[bool, typer.Option("--greedy/--explore", help="Greedy: the best combination found (propensity 1). Explore: a sample from the policy with its propensity.")] = False,
-    k: Annotated[int, typer.Option("--k", help="Combinations sampled and scored per request (greedy mode).")] = 16,
-    refine_passes: Annotated[int, typer.Option(help="Coordinate-ascent passes on the reward model after sampling (greedy mode).")] = 2,
-    refine_starts: Annotated[int, typer.Option(help="Greedy mode: coordinate ascent starts from this many of the best candidates.")] = 4,
-    epsilon: Annotated[float, typer.Option(help="Explore mode: share of uniform exploration per component.")] = 0.05,
-    seed: Annotated[int, typer.Option(help="Random seed for sampling.")] = 0,
+    greedy: Annotated[bool, typer.Option("--greedy/--explore", help="Greedy: the best combination found, the same for the same request whatever the seed (propensity 1). Explore: a sample from the policy with its propensity.")] = False,
+    k: SelectK = 16,
+    refine_passes: RefinePasses = 2,
+    refine_starts: RefineStarts = 4,
+    epsilon: Epsilon = 0.05,
+    seed: Annotated[int, typer.Option(help="Random seed for sampling (explore mode; greedy answers do not depend on it).")] = 0,
+    max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
     on_bad_row: OnBadRow = OnBadRowChoice.error,
     quiet: Quiet = False,
 ) -> None:
@@ -230,11 +248,12 @@ def select(
     from genco.select import SelectConfig, select_file
 
     console.set_quiet(quiet)
-    if k < 0 or refine_passes < 0 or refine_starts < 1 or not 0 <= epsilon <= 1:
-        raise GencoInputError("--k and --refine-passes must be >= 0, --refine-starts >= 1 and --epsilon in [0, 1]")
-    loaded, _ = load_model(model)
     config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon)
-    report = select_file(loaded, requests, out, greedy=greedy, config=config, seed=seed, on_bad_row=on_bad_row.value)
+    check_value("seed", seed, SEED_RANGE, integer=True)
+    limits = Limits(max_candidates=max_candidates)
+    loaded, _ = load_model(model)
+    report = select_file(loaded, requests, out, greedy=greedy, config=config, seed=seed, on_bad_row=on_bad_row.value,
+                         max_candidates=limits.max_candidates)
     note(f"wrote {report.rows} selections to {out}")
 
 
@@ -242,14 +261,23 @@ def select(
 def serve(
     model: Annotated[Path, typer.Option(help="A model folder written by `genco train`.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed at start).")] = 8000,
+    k: SelectK = 16,
+    refine_passes: RefinePasses = 2,
+    refine_starts: RefineStarts = 4,
+    epsilon: Epsilon = 0.05,
+    max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
+    max_requests: Annotated[int, typer.Option(help="Request rows one POST /v1/select may hold (more: 413).")] = Limits.max_requests,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes (larger: 413, before it is read).")] = Limits.max_body_bytes,
 ) -> None:
     """Serve selections over HTTP: POST /v1/select, GET /healthz, GET /metrics (CONTRACT.md section 3)."""
-    import uvicorn
+    from genco.select import SelectConfig
+    from genco.serve import ServeConfig, run_server
 
-    from genco.serve import create_app
-
-    uvicorn.run(create_app(model), host=host, port=port, log_level="info")
+    config = ServeConfig(host=host, port=port)
+    select_config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon)
+    limits = Limits(max_candidates=max_candidates, max_requests=max_requests, max_body_bytes=max_body_bytes)
+    run_server(model, config, select_config, limits)
 
 
 @app.command()
@@ -274,16 +302,20 @@ def bench(
     if list_policies:
         console.out.print("\n".join([*WORLD_POLICIES, *policy_names()]))
         return
+    output_folder(out)
     plan = BenchPlan.make(quick=quick, seeds=seeds, impressions=impressions,
                           policies=[p for p in policies.split(",") if p], scenarios=[s for s in scenarios.split(",") if s],
                           fixed_world=fixed_world)
     run_bench(plan, out, json_path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry: runs the app and turns errors into the contract's exit statuses."""
     try:
-        app()  # usage errors: typer prints them and exits 2 itself
+        app(args=argv, prog_name="genco")  # usage errors: typer prints them and exits 2 itself
+    except OptionError as exc:
+        err.print(f"[bold red]error:[/bold red] {escape(exc.for_command_line())}", soft_wrap=True)
+        sys.exit(exc.exit_code)
     except GencoInputError as exc:
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)

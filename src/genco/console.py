@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # Tables and summaries go to stdout; progress, notes and errors to stderr so that piped output stays clean.
@@ -25,6 +26,11 @@ def note(message: str) -> None:
     """A line for the person at the terminal (stderr); silenced by --quiet."""
     if not _quiet:
         err.print(message)
+
+
+def warn(message: str) -> None:
+    """Something the user should know about their data or options; shown even with --quiet."""
+    err.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}")
 
 
 class _Bar:

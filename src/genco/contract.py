@@ -8,13 +8,16 @@ in `DatasetShape`, which sees every row of a data set in turn.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+import pydantic_core
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from genco.errors import BadRowError, Location
+from genco.errors import BadRowError, ItemLocation, Location
+from genco.options import bounded, check_options
 
 Kind = Literal["requests", "logs", "selections"]
 KINDS: tuple[Kind, ...] = ("requests", "logs", "selections")
@@ -22,6 +25,20 @@ KINDS: tuple[Kind, ...] = ("requests", "logs", "selections")
 #: Default cap on candidates per component. Real catalogs have 1 to 100+; the cap only exists so that a
 #: broken upstream (a whole catalog pasted into one row) fails loudly instead of exhausting memory.
 DEFAULT_MAX_CANDIDATES = 4096
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one row, and one HTTP call, may hold: the same limits for `genco validate/train/select` and
+    `genco serve`, each checked before the work it bounds (a row's candidates before its elements are
+    validated, a body's size before it is read, its request count before any request is validated)."""
+
+    max_candidates: int = bounded(DEFAULT_MAX_CANDIDATES, ge=1, le=1 << 20)  # per component of a row
+    max_requests: int = bounded(10_000, ge=1, le=1 << 20)  # request rows per HTTP call
+    max_body_bytes: int = bounded(64 << 20, ge=1 << 10, le=1 << 34)  # HTTP request body
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 # Every rule a row can break, with the words a user sees in an error message.
 RULES: dict[str, str] = {
@@ -44,31 +61,41 @@ RULES: dict[str, str] = {
     "duplicate-request-id": "request_id must be unique within a file",
     "unknown-component": "a request has a component the model was not trained on",
     "unknown-request": "a selection names a request_id that is not among the requests",
+    "too-many-requests": "an HTTP call holds more request rows than the configured limit",
+    "body-too-large": "an HTTP body is larger than the configured limit",
+    "unsupported-media-type": "an HTTP body must be sent as Content-Type: application/json",
     "selection-components": "a selection must pick one element for every component of its request, and no others",
     "selection-not-candidate": "a selected id must be one of that component's candidates",
 }
 
 
-def _custom(rule: str, message: str, **context: Any) -> PydanticCustomError:
+def _custom(rule: str, message: str) -> PydanticCustomError:
+    """A rule broken inside validation; `message` is final text (no template: ids may hold braces)."""
     assert rule in RULES, rule
-    return PydanticCustomError(rule, message, context)
+    return PydanticCustomError(rule, message, None)
+
+
+def shown_value(value: Any, limit: int = 60) -> str:
+    """A value as an error message shows it: its repr, cut short (a 50 MB field is never echoed back)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} characters)"
 
 
 def _check_click(value: int) -> int:
     if value not in (0, 1):
-        raise _custom("click-not-binary", "click must be 0 or 1, got {value}", value=value)
+        raise _custom("click-not-binary", f"click must be 0 or 1, got {shown_value(value)}")
     return value
 
 
 def _check_propensity(value: float | None) -> float | None:
     if value is not None and not 0.0 < value <= 1.0:
-        raise _custom("propensity-range", "propensity must be in (0, 1], got {value}", value=value)
+        raise _custom("propensity-range", f"propensity must be in (0, 1], got {shown_value(value)}")
     return value
 
 
 def _check_revenue(value: float | None) -> float | None:
     if value is not None and value < 0:
-        raise _custom("revenue-negative", "revenue must be >= 0, got {value}", value=value)
+        raise _custom("revenue-negative", f"revenue must be >= 0, got {shown_value(value)}")
     return value
 
 
@@ -97,22 +124,29 @@ class Request(_Row):
     ad: Features | None = None
     components: dict[str, list[Element]]
 
+    @field_validator("components", mode="before")
+    @classmethod
+    def _not_too_many(cls, components: Any, info: ValidationInfo) -> Any:
+        """The candidate limit, checked on the raw lists before 5,000 elements are validated one by one."""
+        limit = (info.context or {}).get("max_candidates", DEFAULT_MAX_CANDIDATES)
+        if isinstance(components, dict):
+            for name, candidates in components.items():
+                if isinstance(candidates, list) and len(candidates) > limit:
+                    raise _custom("too-many-candidates", f"component {shown_value(name)} has {len(candidates)} candidates, "
+                                                         f"the limit is {limit} (raise it with --max-candidates)")
+        return components
+
     @model_validator(mode="after")
     def _candidates_are_sound(self) -> "Request":
         if not self.components:
             raise _custom("no-components", "components is empty")
         for name, candidates in self.components.items():
             if not candidates:
-                raise _custom("empty-candidates", "component {name!r} has no candidates", name=name)
+                raise _custom("empty-candidates", f"component {shown_value(name)} has no candidates")
             seen: set[str] = set()
             for element in candidates:
                 if element.id in seen:
-                    raise _custom(
-                        "duplicate-element-id",
-                        "component {name!r} lists element {id!r} twice",
-                        name=name,
-                        id=element.id,
-                    )
+                    raise _custom("duplicate-element-id", f"component {shown_value(name)} lists element {shown_value(element.id)} twice")
                 seen.add(element.id)
         return self
 
@@ -150,17 +184,19 @@ def combination_problem(
     if set(combination) != set(candidates):
         missing = sorted(set(candidates) - set(combination))
         extra = sorted(set(combination) - set(candidates))
-        return f"{field}-components", f"{field} misses components {missing} / names components the row lacks {extra}"
+        return f"{field}-components", (f"{field} misses components {shown_value(missing)} / names components "
+                                        f"the row lacks {shown_value(extra)}")
     for name, chosen in combination.items():
         if chosen not in candidates[name]:
-            return f"{field}-not-candidate", f"{field}[{name!r}] = {chosen!r} is not among the candidates of {name!r}"
+            return f"{field}-not-candidate", (f"{field}[{shown_value(name)}] = {shown_value(chosen)} is not among the "
+                                              f"candidates of {shown_value(name)}")
     return None
 
 
 def check_combination(request: Request, combination: dict[str, str], field: Literal["shown", "selection"]) -> None:
     problem = combination_problem({n: request.candidate_ids(n) for n in request.components}, combination, field)
     if problem:
-        raise _custom(problem[0], problem[1].replace("{", "{{").replace("}", "}}"))
+        raise _custom(problem[0], problem[1])
 
 
 MODELS: dict[Kind, type[_Row]] = {"requests": Request, "logs": LogRow, "selections": Selection}
@@ -177,6 +213,7 @@ def rule_of(error: dict[str, Any]) -> tuple[str, str]:
     """Map one pydantic error to (rule name, human detail)."""
     kind, loc, msg = error["type"], tuple(error["loc"]), error["msg"]
     where = _path(loc)
+    got = shown_value(error.get("input"))
     if kind in RULES:
         return kind, msg
     if kind == "json_invalid":
@@ -186,32 +223,30 @@ def rule_of(error: dict[str, Any]) -> tuple[str, str]:
     if kind == "missing":
         return "missing-field", f"{where}: field required"
     if loc and loc[0] == "click":
-        return "click-not-binary", f"click must be 0 or 1, got {error.get('input')!r}"
+        return "click-not-binary", f"click must be 0 or 1, got {got}"
     if loc and loc[0] == "propensity" and kind == "finite_number":
-        return "propensity-range", f"propensity must be in (0, 1], got {error.get('input')!r}"
+        return "propensity-range", f"propensity must be in (0, 1], got {got}"
     if kind == "finite_number":
-        return "non-finite-number", f"{where}: {msg}, got {error.get('input')!r}"
-    return "wrong-type", f"{where}: {msg}, got {error.get('input')!r}"
+        return "non-finite-number", f"{where}: {msg}, got {got}"
+    return "wrong-type", f"{where}: {msg}, got {got}"
 
 
-def parse_row(kind: Kind, raw: bytes | str | dict[str, Any], location: Location, max_candidates: int) -> _Row:
-    """Validate one raw row (a JSON line or a dict from Parquet) into its typed object, or raise BadRowError."""
+def parse_row(kind: Kind, raw: bytes | str | dict[str, Any], location: Location | ItemLocation,
+              max_candidates: int = DEFAULT_MAX_CANDIDATES) -> _Row:
+    """Validate one raw row (a JSON line, or a dict from Parquet or an HTTP body) into its typed object, or raise
+    BadRowError naming the rule and the field."""
     model = MODELS[kind]
+    context = {"max_candidates": max_candidates}
     try:
-        row = model.model_validate(raw) if isinstance(raw, dict) else model.model_validate_json(raw)
+        if isinstance(raw, dict):
+            return model.model_validate(raw, context=context)
+        return model.model_validate_json(raw, context=context)
     except pydantic.ValidationError as exc:
-        rule, detail = rule_of(exc.errors(include_url=False)[0])
-        raise BadRowError(location, rule, detail) from None
-    if isinstance(row, Request):
-        for name, candidates in row.components.items():
-            if len(candidates) > max_candidates:
-                raise BadRowError(
-                    location,
-                    "too-many-candidates",
-                    f"component {name!r} has {len(candidates)} candidates, the limit is {max_candidates} "
-                    "(raise it with --max-candidates)",
-                )
-    return row
+        error = exc.errors(include_url=False, include_input=True)[0]
+        rule, detail = rule_of(error)
+        raise BadRowError(location, rule, detail, error["loc"]) from None
+    except RecursionError:  # a dict nested past Python's limit (pydantic's own JSON parser stops earlier)
+        raise BadRowError(location, "invalid-json", "nested too deeply") from None
 
 
 class DatasetShape:
@@ -225,32 +260,99 @@ class DatasetShape:
         self._request_ids: set[str] = set()
         self._file: str | None = None
 
-    def check(self, row: _Row, location: Location) -> None:
+    def check(self, row: _Row, location: Location | ItemLocation) -> None:
         """Raise BadRowError if `row` disagrees with the rows seen before it; else remember it."""
-        if location.path != self._file:
-            self._file, self._request_ids = location.path, set()
+        file = getattr(location, "path", None)  # request ids are unique within a file (or one HTTP call)
+        if file != self._file:
+            self._file, self._request_ids = file, set()
         if row.request_id in self._request_ids:
-            raise BadRowError(location, "duplicate-request-id", f"request_id {row.request_id!r} appears twice")
+            raise BadRowError(location, "duplicate-request-id", f"request_id {shown_value(row.request_id)} appears twice",
+                              ("request_id",))
         if isinstance(row, Request):
             # Check every length before remembering any, so that a rejected (skipped) row leaves no trace.
-            pending: list[tuple[str, str, int]] = [("user", "user", len(row.user))]
+            pending: list[tuple[str, str, int, tuple]] = [("user", "user", len(row.user), ("user",))]
             if row.ad is not None:
-                pending.append(("ad", "ad", len(row.ad)))
+                pending.append(("ad", "ad", len(row.ad), ("ad",)))
             for name, candidates in row.components.items():
-                for element in candidates:
-                    pending.append((f"component:{name}", f"features of {name!r} element {element.id!r}", len(element.features)))
-            staged: dict[str, tuple[int, Location]] = {}
-            for key, what, length in pending:
+                for i, element in enumerate(candidates):
+                    pending.append((f"component:{name}", f"features of {shown_value(name)} element {shown_value(element.id)}",
+                                    len(element.features), ("components", name, i, "features")))
+            staged: dict[str, tuple[int, Location | ItemLocation]] = {}
+            for key, what, length, field in pending:
                 known = self.lengths.get(key) or staged.get(key)
                 if known is None:
                     staged[key] = (length, location)
                 elif known[0] != length:
-                    raise BadRowError(
-                        location, "feature-length", f"{what} has length {length}, but {known[0]} was set by {known[1]}"
-                    )
+                    raise BadRowError(location, "feature-length",
+                                      f"{what} has length {length}, but {known[0]} was set by {known[1]}", field)
             self.lengths.update(staged)
         self._request_ids.add(row.request_id)
 
     def feature_dims(self) -> dict[str, int]:
         """Component name -> element feature length, for the components seen so far."""
         return {key.split(":", 1)[1]: n for key, (n, _) in self.lengths.items() if key.startswith("component:")}
+
+
+class ModelSchema(Protocol):
+    """What a trained model requires of a request (genco.data.FeatureSchema)."""
+
+    def problem(self, row: Request) -> tuple[str, str, tuple] | None: ...
+
+
+class RowChecker:
+    """Every rule a row must pass, in one order, for every way rows arrive (a file, an HTTP body, a Python list):
+    its own rules (`parse_row`), the data set's (`DatasetShape`) and, when serving, the model's (`schema`).
+
+    The command line maps the BadRowError it raises to exit status 2, the server to 422: both from here.
+    """
+
+    def __init__(self, kind: Kind, limits: Limits | None = None, schema: ModelSchema | None = None,
+                 shape: DatasetShape | None = None):
+        self.kind, self.limits, self.schema = kind, limits or Limits(), schema
+        self.shape = shape if shape is not None else DatasetShape()
+
+    def check(self, raw: bytes | str | dict[str, Any], location: Location | ItemLocation) -> _Row:
+        row = parse_row(self.kind, raw, location, self.limits.max_candidates)
+        self.shape.check(row, location)
+        if self.schema is not None and isinstance(row, Request):
+            problem = self.schema.problem(row)
+            if problem:
+                raise BadRowError(location, *problem)
+        return row
+
+
+class BodyError(Exception):
+    """An HTTP body the server cannot take: `status` (413, 415, 422), the field path and the rule."""
+
+    def __init__(self, status: int, loc: tuple, rule: str, message: str):
+        assert rule in RULES, rule
+        self.status, self.loc, self.rule, self.message = status, loc, rule, message
+        super().__init__(f"{'.'.join(map(str, loc))}: rule {rule}: {message}")
+
+
+def parse_select_body(raw: bytes, limits: Limits, schema: ModelSchema | None = None) -> tuple[list[Request], bool | None]:
+    """The body of POST /v1/select -> (request rows, greedy or None when not given); BodyError or BadRowError
+    (with an ItemLocation) when it breaks a rule. Rows pass the same RowChecker as a file's rows."""
+    try:
+        body = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        raise BodyError(422, ("body",), "invalid-json", str(exc)) from None
+    if not isinstance(body, dict):
+        raise BodyError(422, ("body",), "not-an-object", f"expected a JSON object, got {type(body).__name__}")
+    if "requests" not in body:
+        raise BodyError(422, ("body", "requests"), "missing-field", "requests: field required")
+    rows, greedy = body["requests"], body.get("greedy")
+    if not isinstance(rows, list):
+        raise BodyError(422, ("body", "requests"), "wrong-type", f"requests must be a list, got {type(rows).__name__}")
+    if len(rows) > limits.max_requests:
+        raise BodyError(413, ("body", "requests"), "too-many-requests",
+                        f"at most {limits.max_requests} requests per call (--max-requests), got {len(rows)}")
+    if greedy is not None and not isinstance(greedy, bool):
+        raise BodyError(422, ("body", "greedy"), "wrong-type", f"greedy must be true or false, got {shown_value(greedy)}")
+    checker = RowChecker("requests", limits, schema)
+    requests = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadRowError(ItemLocation(i), "not-an-object", f"expected a JSON object, got {type(row).__name__}")
+        requests.append(checker.check(row, ItemLocation(i)))
+    return requests, greedy

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+from array import array
 from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from genco.contract import LogRow, Request
-from genco.errors import GencoInputError
+from genco.contract import LogRow, Request, shown_value
+from genco.errors import BadRowError, GencoInputError, ItemLocation
 
 
 @lru_cache(maxsize=1 << 20)
@@ -34,6 +35,19 @@ def stable_hash(text: str) -> int:
 
 def element_bucket(component: str, element_id: str, buckets: int) -> int:
     return stable_hash(f"{component}\x1f{element_id}") % buckets
+
+
+def request_key(row: Request) -> int:
+    """A 63-bit hash of a request's content: product, context and every candidate (ids, features, order), but
+    not its request_id. Greedy selection draws its samples from it (genco.noise), so that the same request gets
+    the same answer whatever the seed, the batch or the call."""
+    parts = [row.ad_id.encode(), array("d", row.user).tobytes(), b"" if row.ad is None else array("d", row.ad).tobytes()]
+    for name in sorted(row.components):
+        parts.append(name.encode())
+        for element in row.components[name]:
+            parts += [element.id.encode(), array("d", element.features).tobytes()]
+    framed = b"".join(len(p).to_bytes(4, "little") + p for p in parts)  # length-prefixed: no two requests frame alike
+    return int.from_bytes(hashlib.blake2b(framed, digest_size=8).digest(), "little") >> 1
 
 
 @dataclass
@@ -50,19 +64,21 @@ class FeatureSchema:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def check(self, row: Request) -> tuple[str, str] | None:
-        """Why `row` does not fit this schema, as (contract rule, detail); None if it does."""
+    def problem(self, row: Request) -> tuple[str, str, tuple] | None:
+        """Why `row` does not fit this schema, as (contract rule, detail, field); None if it does."""
         if len(row.user) != self.user_dim:
-            return "feature-length", f"user has length {len(row.user)}, the model was trained with {self.user_dim}"
+            return "feature-length", f"user has length {len(row.user)}, the model was trained with {self.user_dim}", ("user",)
         if row.ad is not None and len(row.ad) != self.ad_dim:
-            return "feature-length", f"ad has length {len(row.ad)}, the model was trained with {self.ad_dim}"
+            return "feature-length", f"ad has length {len(row.ad)}, the model was trained with {self.ad_dim}", ("ad",)
         for name, candidates in row.components.items():
             if name not in self.feature_dims:
-                return "unknown-component", f"component {name!r} was not in the training logs (known: {', '.join(self.components)})"
+                return ("unknown-component", f"component {shown_value(name)} was not in the training logs "
+                        f"(known: {', '.join(self.components)})", ("components", name))
             want = self.feature_dims[name]
-            for element in candidates:
+            for i, element in enumerate(candidates):
                 if len(element.features) != want:
-                    return "feature-length", f"{name!r} element {element.id!r} has {len(element.features)} features, the model expects {want}"
+                    return ("feature-length", f"{shown_value(name)} element {shown_value(element.id)} has "
+                            f"{len(element.features)} features, the model expects {want}", ("components", name, i, "features"))
         return None
 
 
@@ -115,6 +131,7 @@ class EncodedRows:
     columns: dict[str, dict[str, np.ndarray]]  # component -> table_features (E, F), table_bucket (E,),
     #                                              offsets (n+1,), members (nnz,), shown (n,)
     element_ids: dict[str, list[str]]  # component -> id of table entry e
+    row_key: np.ndarray  # (n,) int64: request_key of every row (what greedy selection's samples are drawn from)
     click: np.ndarray | None = None  # (n,) float32, logs only
     propensity: np.ndarray | None = None  # (n,) float32, NaN where absent
     revenue: np.ndarray | None = None  # (n,) float32, NaN where absent
@@ -139,6 +156,7 @@ class Encoder:
         self.schema = schema or FeatureSchema([], -1, -1, {}, id_buckets=id_buckets, ad_buckets=ad_buckets)
         self.columns = {name: ComponentColumn() for name in self.schema.components}
         self.request_ids: list[str] = []
+        self.row_key: list[int] = []
         self.ad_ids: list[str] = []
         self.user: list[list[float]] = []
         self.ad: list[list[float] | None] = []
@@ -161,14 +179,16 @@ class Encoder:
                 column.offsets = [0] * (len(self.request_ids) + 1)  # earlier rows lack it
                 column.shown = [-1] * len(self.request_ids)
 
-    def add(self, row: Request) -> None:
+    def add(self, row: Request, *, checked: bool = False) -> None:
+        """Append one row; with a fixed schema it must fit (BadRowError otherwise) unless `checked` says it was."""
         if self.fixed:
-            problem = self.schema.check(row)
+            problem = None if checked else self.schema.problem(row)
             if problem:
-                raise GencoInputError(f"request {row.request_id!r}: rule {problem[0]}: {problem[1]}")
+                raise BadRowError(ItemLocation(len(self.request_ids)), *problem)
         else:
             self._learn(row)
         self.request_ids.append(row.request_id)
+        self.row_key.append(request_key(row))
         self.ad_ids.append(row.ad_id)
         self.user.append(row.user)
         self.ad.append(row.ad)
@@ -225,18 +245,21 @@ class Encoder:
             ad_ids=self.ad_ids,
             columns=columns,
             element_ids={name: c.ids for name, c in self.columns.items()},
+            row_key=np.asarray(self.row_key, dtype=np.int64),
             click=np.asarray(self.click, dtype=np.float32) if logs else None,
             propensity=np.asarray(self.propensity, dtype=np.float32) if logs else None,
             revenue=np.asarray(self.revenue, dtype=np.float32) if logs else None,
         )
 
 
-def encode(rows: Iterable[Request], schema: FeatureSchema | None = None, **buckets: int) -> EncodedRows:
-    """Encode rows; with no schema, learn it from the rows (training), else check every row against it (serving)."""
+def encode(rows: Iterable[Request], schema: FeatureSchema | None = None, *, checked: bool = False,
+           **buckets: int) -> EncodedRows:
+    """Encode rows; with no schema, learn it from the rows (training), else check every row against it (serving),
+    unless `checked` says a RowChecker with this schema already did."""
     encoder = Encoder(schema, **buckets)
     with gc_paused():
         for row in rows:
-            encoder.add(row)
+            encoder.add(row, checked=checked)
     return encoder.finish()
 
 
@@ -278,6 +301,7 @@ class Batch:
     click: torch.Tensor | None = None
     propensity: torch.Tensor | None = None
     rows: np.ndarray | None = None  # which rows of the EncodedRows this batch holds
+    row_key: np.ndarray | None = None  # (B,) request_key of each row
 
     @property
     def size(self) -> int:
@@ -329,6 +353,7 @@ def collate(data: EncodedRows, rows: Sequence[int] | np.ndarray) -> Batch:
         click=torch.from_numpy(data.click[idx]) if data.click is not None else None,
         propensity=torch.from_numpy(data.propensity[idx]) if data.propensity is not None else None,
         rows=idx,
+        row_key=data.row_key[idx],
     )
 
 

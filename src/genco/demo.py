@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from genco import console
 from genco.bench import score_policy
 from genco.data import encode
 from genco.evaluate import Evaluator
-from genco.files import atomic_write_bytes, load_requests
+from genco.files import atomic_write_bytes, atomic_write_json, load_requests
 from genco.plots import attention_maps, bars, training_curve
 from genco.plots import attribution as attribution_plot
 from genco.policies import GenCOPolicy, make_policy
@@ -97,7 +96,7 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
         table.add_row(*cells, style="bold" if r["policy"] == "genco" else None)
         lines.append("| " + " | ".join(cells) + " |")
     console.out.print(table)
-    atomic_write_bytes(out / "results.json", json.dumps(rows, indent=1).encode())
+    atomic_write_json(out / "results.json", rows)
     atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
     bars({r["policy"]: r["frac_of_oracle_lift"] for r in rows}, out / "frac_of_oracle_lift.png",
          ylabel="fraction of the oracle's lift", title="Share of the oracle's CTR lift over random, captured")

@@ -20,6 +20,7 @@ from torch import nn
 
 from genco.data import Batch, FeatureSchema
 from genco.model import Encoded, GenCO, ModelConfig
+from genco.noise import Randomness
 
 
 @dataclass
@@ -67,7 +68,7 @@ class RewardEnsemble(nn.Module):
     def encode(self, batch: Batch) -> EnsembleEncoded:
         return EnsembleEncoded([member.encode(batch) for member in self.members])
 
-    def generate(self, enc: EnsembleEncoded, k: int, generator: torch.Generator | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, enc: EnsembleEncoded, k: int, generator: Randomness = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
         return self.primary.generate(enc.members[0], k, generator, **options)
 
     def reward(self, enc: EnsembleEncoded, combos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -27,11 +27,24 @@ class Location:
         return f"{self.path}: row {self.line}" if self.parquet else f"{self.path}:{self.line}"
 
 
-class BadRowError(GencoInputError):
-    """One row breaks one rule of CONTRACT.md section 1."""
+@dataclass(frozen=True)
+class ItemLocation:
+    """A row that came in a list rather than a file: request i of an HTTP body or of a Python call."""
 
-    def __init__(self, location: Location, rule: str, detail: str):
+    index: int
+    name: str = "requests"
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.index}]"
+
+
+class BadRowError(GencoInputError):
+    """One row breaks one rule of CONTRACT.md section 1. `field` is the path of the offending value within
+    the row (("user", 0), ("components", "title", 2, "id")), empty when the rule is about the whole row."""
+
+    def __init__(self, location: Location | ItemLocation, rule: str, detail: str, field: tuple = ()):
         self.location = location
         self.rule = rule
         self.detail = detail
+        self.field = tuple(field)
         super().__init__(f"{location}: rule {rule}: {detail}")

@@ -7,8 +7,10 @@ renamed over it only once every row is written, so a failed run leaves no half-w
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import math
 import os
 import tempfile
 from collections import Counter
@@ -17,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pydantic_core
 
-from genco.contract import DEFAULT_MAX_CANDIDATES, DatasetShape, Kind, Request, _Row, parse_row
+from genco.contract import DEFAULT_MAX_CANDIDATES, DatasetShape, Kind, Limits, ModelSchema, Request, RowChecker, _Row
 from genco.errors import BadRowError, GencoInputError, Location
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -33,6 +37,18 @@ def data_format(path: Path) -> str:
         if name.endswith(suffix):
             return suffix
     raise GencoInputError(f"{path}: unknown file format; expected a name ending in {', '.join(SUFFIXES)}")
+
+
+def output_folder(path: str | Path, flag: str = "--out") -> Path:
+    """A folder to write into, created if needed; a GencoInputError naming the flag if it cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GencoInputError(f"{flag} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GencoInputError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    return path
 
 
 def data_files(path: str | Path) -> list[Path]:
@@ -55,19 +71,34 @@ _MAP_FIELDS = ("components", "shown", "selection")
 
 
 def _from_parquet(row: dict[str, Any], location: Location) -> dict[str, Any]:
-    """Parquet map columns arrive as lists of (key, value) pairs; turn them back into objects."""
+    """A Parquet row as the contract's object. Two encodings of the component maps are read alike:
+
+    - map<string, ...> columns arrive as lists of (key, value) pairs;
+    - struct columns (what `pyarrow.Table.from_pylist(rows)` infers from plain rows) arrive as dicts with
+      one key per component of the whole table, null where this row lacks the component: null means absent.
+
+    A null optional field (ad, propensity, revenue, score, an element's features) is a missing one.
+    """
     for name in _MAP_FIELDS:
         value = row.get(name)
         if isinstance(value, list):
             pairs = dict(value)
             if len(pairs) != len(value):
-                raise BadRowError(location, "duplicate-component", f"{name} names a component twice")
+                raise BadRowError(location, "duplicate-component", f"{name} names a component twice", (name,))
             row[name] = pairs
+        elif isinstance(value, dict):
+            row[name] = {key: v for key, v in value.items() if v is not None}
         elif value is None and name in row:
             del row[name]  # a null column is a missing field
     for name in ("ad", "propensity", "revenue", "score"):
         if name in row and row[name] is None:
             del row[name]
+    components = row.get("components")
+    if isinstance(components, dict):
+        for candidates in components.values():
+            for element in candidates if isinstance(candidates, list) else ():
+                if isinstance(element, dict) and "features" in element and element["features"] is None:
+                    del element["features"]
     return row
 
 
@@ -137,15 +168,16 @@ def read_located(
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     report: ReadReport | None = None,
     shape: DatasetShape | None = None,
+    schema: ModelSchema | None = None,
 ) -> Iterator[tuple[Location, Any]]:
-    """Like `read_rows`, but yields (location, row) so that later checks can name the line too."""
+    """Like `read_rows`, but yields (location, row) so that later checks can name the line too. With a model's
+    `schema`, rows that do not fit it are bad rows too (genco select)."""
     report = report if report is not None else ReadReport()
-    shape = shape if shape is not None else DatasetShape()
+    checker = RowChecker(kind, Limits(max_candidates=max_candidates), schema, shape)
     for file in data_files(path):
         for location, raw in _guarded(iter_raw(file), report, on_bad_row):
             try:
-                row = parse_row(kind, raw, location, max_candidates)
-                shape.check(row, location)
+                row = checker.check(raw, location)
             except BadRowError as error:
                 if on_bad_row == "error":
                     raise
@@ -180,8 +212,8 @@ def detect_kind(path: str | Path) -> Kind:
         names = set()
         for location, raw in iter_raw(first):
             try:
-                obj = json.loads(raw)
-            except ValueError:
+                obj = pydantic_core.from_json(raw)
+            except ValueError:  # pydantic's parser also refuses nesting past its limit, where json would recurse
                 raise BadRowError(location, "invalid-json", "cannot detect the kind of rows from a broken line") from None
             names = set(obj) if isinstance(obj, dict) else set()
             break
@@ -245,8 +277,13 @@ class AtomicWriter:
         self.rows = 0
 
     def __enter__(self) -> "AtomicWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        if self.path.is_dir():
+            raise GencoInputError(f"{self.path}: is a folder; name a file ending in {', '.join(SUFFIXES)}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            raise GencoInputError(f"{self.path}: cannot be written ({exc.strerror or exc})") from None
         self._tmp = Path(tmp)
         raw = os.fdopen(fd, "wb")
         if self.format == ".jsonl.gz":
@@ -283,26 +320,27 @@ class AtomicWriter:
             self._writer.write_table(table)
             self._batch = []
 
+    def _close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()  # writes the footer; a writer left open would try again when collected, on a closed file
+        self._handle.close()
+        if self._raw is not None:
+            self._raw.close()
+
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
                 if self._writer is not None:
                     self._flush()
-                    self._writer.close()
-                self._handle.close()
-                if self._raw is not None:
-                    self._raw.close()
+                self._close()
                 os.chmod(self._tmp, 0o644)
                 os.replace(self._tmp, self.path)
-                return
         finally:
-            if self._tmp.exists():
-                try:
-                    self._handle.close()
-                    if self._raw is not None:
-                        self._raw.close()
-                finally:
-                    self._tmp.unlink()
+            if self._tmp.exists():  # the run failed (before or here): drop the half-written file, keep the target
+                with contextlib.suppress(Exception):
+                    self._close()
+                self._tmp.unlink(missing_ok=True)
 
 
 def write_rows(path: str | Path, kind: Kind, rows: Iterable[_Row | dict[str, Any]]) -> int:
@@ -310,6 +348,29 @@ def write_rows(path: str | Path, kind: Kind, rows: Iterable[_Row | dict[str, Any
     with AtomicWriter(path, kind) as writer:
         writer.write_all(rows)
     return writer.rows
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None: JSON has no NaN, and strict parsers (jq,
+    browsers, most languages) refuse the literal that Python's json writes for it. A NaN figure is "no figure"."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return finite_json(value.item())
+    return value
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """Strict JSON (null where a figure is NaN or infinite): what genco writes to files and prints."""
+    return json.dumps(finite_json(value), indent=indent, allow_nan=False)
+
+
+def atomic_write_json(path: str | Path, value: Any, indent: int | None = 1) -> None:
+    atomic_write_bytes(path, json_text(value, indent).encode())
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

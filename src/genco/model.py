@@ -28,19 +28,26 @@ from torch import nn
 from torch.func import functional_call
 
 from genco.data import Batch, FeatureSchema
+from genco.noise import Randomness, uniform
+from genco.options import OptionError, bounded, check_options
 
 
 @dataclass
 class ModelConfig:
-    context_dim: int = 8  # h_i, as in the paper
-    dim: int = 32  # element embeddings and attention
-    heads: int = 2
-    hidden: int = 64  # phi's deep part
-    dropout: float = 0.1
+    context_dim: int = bounded(8, ge=1, le=1024)  # h_i, as in the paper
+    dim: int = bounded(32, ge=1, le=4096)  # element embeddings and attention; a multiple of heads
+    heads: int = bounded(2, ge=1, le=64)
+    hidden: int = bounded(64, ge=1, le=16384)  # phi's deep part
+    dropout: float = bounded(0.1, ge=0, lt=1)
     attention: bool = True  # False: uniform attention weights and uniform pooling (the paper's ablation)
     cross_component: bool = True  # False: no attention vector at all, every element scored alone (a diagnostic)
     element_ids: bool = True  # False: elements are known by their features and component only
     ad_ids: bool = True  # False: products are known by their features only
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        if self.dim % self.heads:
+            raise OptionError("dim", f"a multiple of heads ({self.heads})", self.dim)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -242,7 +249,7 @@ class GenCO(nn.Module):
             shared = self.phi(h, e, a, effect)
         return shared + self.policy_head(torch.cat([h, e, a], dim=-1)).squeeze(-1)
 
-    def generate(self, enc: Encoded, k: int, generator: torch.Generator | None = None, *, with_greedy: bool = False,
+    def generate(self, enc: Encoded, k: int, generator: Randomness = None, *, with_greedy: bool = False,
                  epsilon: float = 0.0, generator_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """K sampled combinations per row and their log-probabilities: (B, K, M) positions (-1 absent), (B, K).
 
@@ -269,15 +276,16 @@ class GenCO(nn.Module):
         return torch.cat(parts, dim=1)
 
     @staticmethod
-    def sample(log_pi: torch.Tensor, enc: Encoded, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """K combinations per row, every component drawn in parallel (Gumbel-max). (B, K, M) positions, -1 absent."""
+    def sample(log_pi: torch.Tensor, enc: Encoded, k: int, generator: Randomness = None) -> torch.Tensor:
+        """K combinations per row, every component drawn in parallel (Gumbel-max). (B, K, M) positions, -1 absent.
+        `generator`: a seeded torch generator, or RequestNoise (greedy: the draws are a function of the request)."""
         B = log_pi.shape[0]
         picks = []
-        for a, b in enc.slices:
+        for m, (a, b) in enumerate(enc.slices):
             if b == a:
                 picks.append(torch.full((B, k), -1, dtype=torch.long))
                 continue
-            u = torch.rand((B, k, b - a), generator=generator).clamp_(1e-12, 1 - 1e-12)
+            u = uniform(generator, B, k, b - a, stream=m)  # (B, K, N_m)
             noisy = log_pi[:, None, a:b] - torch.log(-torch.log(u))  # (B, K, N_m)
             present = enc.mask[:, a:b].any(dim=1)  # (B,)
             picks.append(torch.where(present[:, None], noisy.argmax(dim=-1), -1))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from genco.autoregressive import AutoregressiveGenCO
 from genco.baselines.base import Policy, RandomPolicy
@@ -64,16 +64,15 @@ GENCO_VARIANTS: dict[str, dict] = {
 
 def make_genco(name: str, *, seed: int = 0, epochs: int | None = None, **overrides) -> GenCOPolicy:
     """A GenCO variant by name; `overrides` set ModelConfig / TrainConfig / SelectConfig fields by name."""
-    settings = {**GENCO_VARIANTS[name], **overrides}
+    settings = {**GENCO_VARIANTS[name], **overrides, **({} if epochs is None else {"epochs": epochs})}
     model_class = settings.pop("model_class", GenCO)
-    model_config, train_config, select_config = ModelConfig(), TrainConfig(seed=seed), SelectConfig()
-    if epochs is not None:
-        train_config.epochs = epochs
-    for key, value in settings.items():
-        target = next((c for c in (model_config, train_config, select_config) if hasattr(c, key)), None)
-        if target is None:
+    configs = [ModelConfig(), TrainConfig(seed=seed), SelectConfig()]
+    for key in settings:
+        if not any(key in {f.name for f in fields(c)} for c in configs):
             raise KeyError(f"unknown setting {key!r}")
-        setattr(target, key, value)
+    # replace() builds each config anew, so every value passes its range check (genco.options)
+    model_config, train_config, select_config = (
+        replace(c, **{k: v for k, v in settings.items() if k in {f.name for f in fields(c)}}) for c in configs)
     return GenCOPolicy(name, model_config, train_config, select_config, model_class)
 
 

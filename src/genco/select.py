@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from genco.contract import Request, Selection
+from genco.contract import DEFAULT_MAX_CANDIDATES, Request, Selection
 from genco.data import EncodedRows, batch_indices, collate, encode, selections_at
 from genco.model import Encoded, GenCO
+from genco.noise import RequestNoise
+from genco.options import MAX_K, bounded, check_options
 
 if TYPE_CHECKING:
     from genco.ensemble import EnsembleEncoded, RewardEnsemble
@@ -28,11 +30,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class SelectConfig:
-    k: int = 16  # samples scored per request
-    refine_passes: int = 2  # coordinate-ascent passes on the reward model (0: sampling alone)
-    refine_starts: int = 4  # the best this many of the 1 + K candidates are each refined
-    epsilon: float = 0.05  # explore mode: share of uniform exploration per component
-    batch_size: int = 256
+    k: int = bounded(16, ge=0, le=MAX_K)  # samples scored per request
+    refine_passes: int = bounded(2, ge=0, le=100)  # coordinate-ascent passes on the reward model (0: sampling alone)
+    refine_starts: int = bounded(4, ge=1, le=MAX_K + 1)  # the best this many of the 1 + K candidates are each refined
+    epsilon: float = bounded(0.05, ge=0, le=1)  # explore mode: share of uniform exploration per component
+    batch_size: int = bounded(256, ge=1, le=1 << 16)  # requests per forward pass at most (fewer when K or pools are large)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclass
@@ -87,18 +92,46 @@ def refine(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, candid
     return combo.view(B, starts, M)[torch.arange(B), best], value
 
 
+#: Floats one forward pass may hold (about 256 MB): batches shrink as K, the pools or the ensemble grow, so
+#: memory stays bounded whatever they are.
+CELL_BUDGET = 1 << 26
+
+
+def rows_per_batch(model: GenCO | RewardEnsemble, data: EncodedRows, config: SelectConfig) -> int:
+    """config.batch_size, or fewer rows so that the largest tensors of one batch stay within CELL_BUDGET.
+
+    Per row, the widest of: the generator's attention over all T candidates (heads x T x T), the reward
+    model on 1 + K combinations, and the coordinate ascent's trials (starts x largest pool), each with
+    M elements of width about 4 d + hidden; times the number of reward models."""
+    c, M = model.config, max(len(data.schema.components), 1)
+    pools = [int(data.candidate_counts(name).max(initial=0)) for name in data.schema.components]
+    T, widest = max(sum(pools), 1), max(pools, default=1)
+    width = 4 * c.dim + c.hidden + c.heads * M
+    members = len(getattr(model, "members", [model]))
+    per_row = members * max(c.heads * T * T + T * width,
+                            (1 + config.k) * M * width,
+                            min(config.refine_starts, 1 + config.k) * widest * M * width)
+    return int(max(1, min(config.batch_size, CELL_BUDGET // per_row)))
+
+
 @torch.no_grad()
 def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> Choices:
-    """Pick one combination for every row of `data` (requests)."""
+    """Pick one combination for every row of `data` (requests).
+
+    Greedy: the answer is a function of the request and the model alone (samples keyed by the request, see
+    genco.noise), whatever the seed and the rows around it; propensity 1. Explore: sampled with `seed`, and
+    the propensity is the probability of what was served."""
     config = config or SelectConfig()
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    positions, scores, propensities, selections = [], [], [], []
-    for idx in batch_indices(len(data), config.batch_size):
+    M = len(data.schema.components)
+    positions, scores, propensities, selections = [np.empty((0, M), np.int64)], [np.empty(0)], [np.empty(0)], []
+    for idx in batch_indices(len(data), rows_per_batch(model, data, config)):
         batch = collate(data, idx)
         enc = model.encode(batch)
         if greedy:
-            candidates, _ = model.generate(enc, config.k, generator, with_greedy=True)  # (B, 1 + K, M)
+            noise = RequestNoise(batch.row_key)
+            candidates, _ = model.generate(enc, config.k, noise, with_greedy=True)  # (B, 1 + K, M)
             creative, _, _ = model.reward(enc, candidates)  # (B, 1 + K)
             if config.refine_passes:
                 combo, creative_best = refine(model, enc, candidates, creative, config)
@@ -112,15 +145,17 @@ def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, co
             combo, propensity = sampled[:, 0], log_prob[:, 0].exp()
             logit = model.click_logit(enc, sampled)[:, 0]
         positions.append(combo.numpy())
-        scores.append(torch.sigmoid(logit).numpy())
-        propensities.append(propensity.numpy())
+        scores.append(torch.sigmoid(logit).double().numpy())
+        propensities.append(propensity.double().numpy())
         selections += selections_at(data, idx, combo.numpy())
     return Choices(np.concatenate(positions), np.concatenate(scores), np.concatenate(propensities), selections)
 
 
-def select_requests(model: GenCO | RewardEnsemble, requests: list[Request], *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> list[Selection]:
-    """Typed requests in, typed selections out (same order)."""
-    data = encode(requests, model.schema)
+def select_requests(model: GenCO | RewardEnsemble, requests: list[Request], *, greedy: bool, config: SelectConfig | None = None,
+                    seed: int = 0, checked: bool = False) -> list[Selection]:
+    """Typed requests in, typed selections out (same order). Requests that do not fit the model raise
+    BadRowError (with the request's index), unless `checked` says a RowChecker with its schema passed them."""
+    data = encode(requests, model.schema, checked=checked)
     chosen = choose(model, data, greedy=greedy, config=config, seed=seed)
     return [
         Selection(request_id=r.request_id, selection=s, score=float(score), propensity=float(p))
@@ -129,34 +164,26 @@ def select_requests(model: GenCO | RewardEnsemble, requests: list[Request], *, g
 
 
 def select_file(model: GenCO | RewardEnsemble, requests_path, out_path, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0,
-                on_bad_row: str = "error", chunk: int = 4096) -> ReadReport:
+                on_bad_row: str = "error", chunk: int = 4096, max_candidates: int = DEFAULT_MAX_CANDIDATES) -> ReadReport:
     """`genco select`: stream requests, answer them chunk by chunk, write selections atomically (same order).
 
     Requests are checked against the contract and against the model (feature lengths, known components);
     a bad one stops the run (exit 2) or, with on_bad_row="skip", gets no selection and is counted.
     """
     from genco import console
-    from genco.errors import BadRowError
     from genco.files import AtomicWriter, ReadReport, read_located
 
     report = ReadReport()
     pending: list[Request] = []
 
     def flush(writer: AtomicWriter) -> None:
-        for selection in select_requests(model, pending, greedy=greedy, config=config, seed=seed + writer.rows):
+        for selection in select_requests(model, pending, greedy=greedy, config=config, seed=seed + writer.rows, checked=True):
             writer.write(selection)
         pending.clear()
 
     with AtomicWriter(out_path, "selections") as writer, console.progress("selecting", None) as bar:
-        for location, row in read_located(requests_path, "requests", on_bad_row=on_bad_row, report=report):
-            problem = model.schema.check(row)
-            if problem:
-                error = BadRowError(location, *problem)
-                if on_bad_row == "error":
-                    raise error
-                report.skip(error)
-                report.rows -= 1
-                continue
+        for _, row in read_located(requests_path, "requests", on_bad_row=on_bad_row, report=report,
+                                    schema=model.schema, max_candidates=max_candidates):
             pending.append(row)
             if len(pending) == chunk:
                 flush(writer)

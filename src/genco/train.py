@@ -38,6 +38,7 @@ from genco import console
 from genco.data import EncodedRows, batch_indices, collate
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
+from genco.options import MAX_K, OptionError, bounded, check_options, seed_field
 
 if TYPE_CHECKING:
     from genco.ensemble import RewardEnsemble
@@ -46,32 +47,33 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30  # reward-model epochs at most (early stopping usually ends sooner)
-    batch_size: int = 1024  # at most; small logs get smaller batches (see min_steps)
-    min_steps: int = 100  # optimizer steps per epoch at least: a small log still gets a real number of updates
-    lr: float = 0.01
-    lr_cut: float = 0.3  # the learning rate is multiplied by this after every epoch without held-out improvement
-    patience: int = 3  # epochs in a row without held-out improvement before stopping
-    weight_decay: float = 1e-4
-    embedding_decay: float = 0.05  # decoupled decay of id embeddings: rare ids stay near zero
-    id_lr_scale: float = 0.1  # learning rate of the id embeddings relative to lr
-    ema: float = 0.99  # decay of the moving average of the reward model's weights (0: the last weights)
-    holdout: float = 0.1  # share of logs held out for AUC / log loss and early stopping
-    seed: int = 0
-    k: int = 16  # combinations sampled per context for the policy gradient
-    rl_epochs: int = 1  # generator epochs (policy gradient) after the reward model; a second changed nothing
-    rl_lr: float = 3e-3
-    rl_weight: float = 0.15  # lambda
-    mil_weight: float = 1.0
+    epochs: int = bounded(30, ge=1, le=10_000)  # reward-model epochs at most (early stopping usually ends sooner)
+    batch_size: int = bounded(1024, ge=1, le=1 << 20)  # at most; small logs get smaller batches (see min_steps)
+    min_steps: int = bounded(100, ge=1, le=1 << 20)  # optimizer steps per epoch at least: a small log still gets a real number of updates
+    lr: float = bounded(0.01, gt=0, le=10)
+    lr_cut: float = bounded(0.3, gt=0, le=1)  # the learning rate is multiplied by this after every epoch without held-out improvement
+    patience: int = bounded(3, ge=1, le=10_000)  # epochs in a row without held-out improvement before stopping
+    weight_decay: float = bounded(1e-4, ge=0, le=10)
+    embedding_decay: float = bounded(0.05, ge=0, le=10)  # decoupled decay of id embeddings: rare ids stay near zero
+    id_lr_scale: float = bounded(0.1, ge=0, le=100)  # learning rate of the id embeddings relative to lr
+    ema: float = bounded(0.99, ge=0, lt=1)  # decay of the moving average of the reward model's weights (0: the last weights)
+    holdout: float = bounded(0.1, ge=0, lt=1)  # share of logs held out for AUC / log loss and early stopping
+    seed: int = seed_field()
+    k: int = bounded(16, ge=2, le=MAX_K)  # combinations sampled per context for the policy gradient (it compares them)
+    rl_epochs: int = bounded(1, ge=0, le=10_000)  # generator epochs (policy gradient) after the reward model; a second changed nothing
+    rl_lr: float = bounded(3e-3, gt=0, le=10)
+    rl_weight: float = bounded(0.15, ge=0, le=1000)  # lambda
+    mil_weight: float = bounded(1.0, ge=0, le=1000)
     mil: bool = True
     rl: bool = True
-    reward_models: int = 3  # an ensemble: the served argmax is their mean's (see genco.ensemble)
+    reward_models: int = bounded(3, ge=1, le=32)  # an ensemble: the served argmax is their mean's (see genco.ensemble)
     rl_objective: str = "best-of-k"  # or "mean": the paper's E[R] with the mean of the K as baseline
-    threads: int = 0  # torch threads; 0: torch's default
+    threads: int = bounded(0, ge=0, le=1024)  # torch threads; 0: torch's default
 
     def __post_init__(self) -> None:
+        check_options(self)
         if self.rl_objective not in ("best-of-k", "mean"):
-            raise ValueError(f"rl_objective must be 'best-of-k' or 'mean', not {self.rl_objective!r}")
+            raise OptionError("rl_objective", "'best-of-k' or 'mean'", self.rl_objective)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +105,7 @@ class TrainResult:
     best_epoch: int = 0
     seconds: float = 0.0
     impressions: int = 0
+    judgement: dict[str, Any] = field(default_factory=dict)  # what the held-out figures were measured on (see `judgement`)
 
     @property
     def best(self) -> EpochRecord:
@@ -119,6 +122,7 @@ class TrainResult:
             "reward_models": len({r.member for r in self.history if r.stage == "reward"}),
             "impressions": self.impressions,
             "impressions_per_second": self.impressions * len(self.trained_epochs) / max(self.seconds, 1e-9),
+            **self.judgement,
         }
 
     @property
@@ -135,8 +139,33 @@ def _batch_size(rows: int, config: TrainConfig) -> int:
 def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Training rows and held-out rows; with nothing held out (holdout 0, one row) the training rows are judged."""
     order = np.random.default_rng([seed, 7]).permutation(n)
-    cut = int(round(n * holdout)) if n > 1 else 0
+    cut = holdout_size(n, holdout)
     return order[cut:], (order[:cut] if cut else order)
+
+
+def holdout_size(n: int, holdout: float) -> int:
+    """How many of n rows `split` holds out (0: the training rows are judged instead)."""
+    return int(round(n * holdout)) if n > 1 else 0
+
+
+#: Fewer held-out clicks (or non-clicks) than this and held-out AUC / log loss are noise: say so.
+MIN_HELDOUT_CLASS = 20
+
+
+def judgement(data: EncodedRows, config: TrainConfig) -> dict[str, Any]:
+    """What the held-out figures are measured on: rows, clicks, and a caveat when they cannot be trusted."""
+    _, heldout = split(len(data), config.holdout, config.seed)
+    clicks = int(data.click[heldout].sum())
+    on_training = holdout_size(len(data), config.holdout) == 0
+    caveat = None
+    if on_training:
+        caveat = ("nothing is held out (--holdout 0, or a single row): AUC, log loss and early stopping are measured "
+                  "on the training rows, so they flatter the model")
+    elif min(clicks, len(heldout) - clicks) < MIN_HELDOUT_CLASS:
+        caveat = (f"only {len(heldout)} held-out rows with {clicks} clicks: held-out AUC and log loss are noise at this "
+                  f"size (fewer than {MIN_HELDOUT_CLASS} clicks or non-clicks); hold out more or log more")
+    return {"judged_on": "training-rows" if on_training else "heldout", "heldout_rows": int(len(heldout)),
+            "heldout_clicks": clicks, "caveat": caveat}
 
 
 def reward_losses(model: GenCO, batch, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -255,6 +284,7 @@ class _Epochs:
 
     def __init__(self, data: EncodedRows, config: TrainConfig, history: list[EpochRecord], batch_size: int):
         self.data, self.config, self.history, self.batch_size = data, config, history, batch_size
+        self.judged = "train-row" if judgement(data, config)["judged_on"] == "training-rows" else "held-out"
 
     def run(self, model, stage: str, member: int, rows: np.ndarray, heldout: np.ndarray, step, optimizer,
             max_epochs: int, seed: int, best_score: float = float("inf"), judge=contextlib.nullcontext):
@@ -288,7 +318,7 @@ class _Epochs:
                     best_score, best_state, best_epoch, waited = score, copy.deepcopy(model.state_dict()), epoch, 0
             self.history.append(record)
             console.note(
-                f"{label:10s} epoch {epoch:2d}  loss {record.train_loss:.4f}  held-out AUC {record.heldout_auc:.4f}  "
+                f"{label:10s} epoch {epoch:2d}  loss {record.train_loss:.4f}  {self.judged} AUC {record.heldout_auc:.4f}  "
                 f"log loss {record.heldout_logloss:.5f}  "
                 + (f"generator reward {record.heldout_generator_reward:+.3f}  " if stage == "generator" else "")
                 + f"({record.seconds:.0f}s)"
@@ -386,7 +416,8 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
         members.append(member)
         kept.append(epoch)
     model = members[0] if len(members) == 1 else RewardEnsemble(members)
-    result = TrainResult(model=model, history=history, best_epoch=kept[0], impressions=len(train_rows))
+    result = TrainResult(model=model, history=history, best_epoch=kept[0], impressions=len(train_rows),
+                         judgement=judgement(data, config))
 
     if config.rl and config.rl_epochs > 0:  # stage 2
         train_generator(model, data, config, history)
@@ -452,16 +483,15 @@ def save_trained(result: TrainResult, out, train_config: TrainConfig, extra: dic
                  attention=None) -> None:
     """The model folder: weights, config, schema, held-out metrics, history and the training-curve PNG, and
     where given (a genco.attention_map.AttentionMap), the attention map PNG."""
-    import json
     from pathlib import Path
 
     from genco.checkpoint import save_model
-    from genco.files import atomic_write_bytes
+    from genco.files import atomic_write_json
     from genco.plots import attention_maps, training_curve
 
     out = Path(out)
     save_model(result.model, out, {"train_config": train_config.to_dict(), "metrics": result.summary(), **(extra or {})})
-    atomic_write_bytes(out / "history.json", json.dumps([asdict(r) for r in result.history], indent=1).encode())
+    atomic_write_json(out / "history.json", [asdict(r) for r in result.history])
     training_curve(result.history, out / "training_curve.png")
     if attention is not None:
         attention_maps(attention, out / "attention.png")

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from genco.contract import Request
+from genco.contract import DEFAULT_MAX_CANDIDATES, Request
 from genco.errors import GencoInputError
-from genco.files import AtomicWriter, atomic_write_bytes
+from genco.files import AtomicWriter, atomic_write_bytes, atomic_write_json
+from genco.options import bounded, check_options, seed_field
 
 WORLD_VERSION = 1
 
@@ -65,37 +66,29 @@ STYLE_DIM = 3
 
 @dataclass
 class WorldConfig:
-    seed: int = 1
-    ads: int = 500
-    impressions: int = 20_000
-    requests: int = 1_000
-    interaction: float = 1.0
-    max_candidates: int = 15
-    user_dim: int = 4
-    ad_dim: int = 3
+    seed: int = seed_field(1)
+    ads: int = bounded(500, ge=1, le=1_000_000)
+    impressions: int = bounded(20_000, ge=0, le=100_000_000)
+    requests: int = bounded(1_000, ge=0, le=10_000_000)
+    interaction: float = bounded(1.0, ge=0, le=100)
+    max_candidates: int = bounded(15, ge=2, le=DEFAULT_MAX_CANDIDATES)
+    user_dim: int = bounded(4, ge=0, le=1024)
+    ad_dim: int = bounded(3, ge=0, le=1024)
     revenue: bool = False
-    cold_share: float = 0.0  # share of elements never shown in the logs (they appear in requests only)
-    base_logit: float = -3.7
-    popularity_exponent: float = 1.0
-    feature_noise: float = 0.2
-    idiosyncratic_share: float = 0.2  # share of quality variance that features cannot see
-    personalisation: float = 0.08
-    edge_scale: float = 0.1
+    cold_share: float = bounded(0.0, ge=0, lt=1)  # share of elements never shown in the logs (they appear in requests only)
+    base_logit: float = bounded(-3.7, ge=-20, le=20)
+    popularity_exponent: float = bounded(1.0, ge=0, le=10)
+    feature_noise: float = bounded(0.2, ge=0, le=100)
+    idiosyncratic_share: float = bounded(0.2, ge=0, le=1)  # share of quality variance that features cannot see
+    personalisation: float = bounded(0.08, ge=0, le=100)
+    edge_scale: float = bounded(0.1, ge=0, le=100)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
     def validate(self) -> None:
-        problems = []
-        if self.ads < 1:
-            problems.append("--ads must be >= 1")
-        if self.impressions < 0 or self.requests < 0:
-            problems.append("--impressions and --requests must be >= 0")
-        if self.max_candidates < 2:
-            problems.append("--max-candidates must be >= 2")
-        if self.interaction < 0:
-            problems.append("--interaction must be >= 0")
-        if not 0 <= self.cold_share < 1:
-            problems.append("--cold-share must be in [0, 1)")
-        if problems:
-            raise GencoInputError("; ".join(problems))
+        """Check again (a config loaded from a world folder, or one whose fields were set after construction)."""
+        check_options(self)
 
 
 @dataclass
@@ -405,7 +398,7 @@ class World:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(directory / "truth.npz", buffer.getvalue())
-        atomic_write_bytes(directory / "world.json", json.dumps(meta).encode())
+        atomic_write_json(directory / "world.json", meta, indent=None)
 
     @classmethod
     def load(cls, directory: str | Path) -> "World":
@@ -415,8 +408,16 @@ class World:
             arrays = dict(np.load(directory / "truth.npz"))
         except (OSError, ValueError) as exc:
             raise GencoInputError(f"{directory}: not a genco world folder (world.json + truth.npz): {exc}") from None
-        if meta.get("version") != WORLD_VERSION:
-            raise GencoInputError(f"{directory}: world version {meta.get('version')} is not {WORLD_VERSION}")
+        if not isinstance(meta, dict) or meta.get("version") != WORLD_VERSION:
+            version = meta.get("version") if isinstance(meta, dict) else None
+            raise GencoInputError(f"{directory}: world version {version} is not {WORLD_VERSION}")
+        try:
+            return cls._from_files(meta, arrays)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # OptionError too: a hand-edited config
+            raise GencoInputError(f"{directory}: world.json or truth.npz is incomplete or invalid ({exc})") from None
+
+    @classmethod
+    def _from_files(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "World":
         components = {
             name: ComponentTruth(
                 ids,
