@@ -107,3 +107,80 @@ class EasyWorld:
 @pytest.fixture(scope="session")
 def easy_world() -> EasyWorld:
     return EasyWorld()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A small world (seeded) for the model the edge and serving tests drive."""
+    out = tmp_path_factory.mktemp("tiny-world")
+    simulate(WorldConfig(seed=5, ads=40, impressions=3000, requests=300, max_candidates=6), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_world, tmp_path_factory) -> Path:
+    """A model folder trained (briefly) on tiny_world: an ensemble of two reward models and a generator."""
+    from genco.train import TrainConfig, read_logs, save_trained, train
+
+    data, _ = read_logs(tiny_world / "logs.jsonl")
+    config = TrainConfig(epochs=2, reward_models=2, seed=1)
+    out = tmp_path_factory.mktemp("tiny-model") / "model"
+    save_trained(train(data, config=config), out, config)
+    return out
+
+
+class Server:
+    """`genco serve` as a user starts it: a real process on a free local port (the tests' own)."""
+
+    def __init__(self, model_dir: Path, *args: str, log: Path):
+        import re
+        import time
+
+        self.log = log
+        self.process = subprocess.Popen([sys.executable, "-m", "genco", "serve", "--model", str(model_dir), "--port", "0", *args],
+                                        stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = re.search(r"on http://([\d.]+):(\d+)", log.read_text())
+            if found:
+                self.url = f"http://{found.group(1)}:{found.group(2)}"
+                break
+            if self.process.poll() is not None:
+                raise RuntimeError(f"genco serve exited with {self.process.returncode}: {log.read_text()}")
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError(f"genco serve did not start: {log.read_text()}")
+        import httpx
+
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        while self.client.get("/healthz").status_code != 200:  # bound before the app is up: wait for it
+            time.sleep(0.05)
+
+    def post(self, path: str, body: bytes, content_type: str | None = "application/json", **headers: str):
+        if content_type is not None:
+            headers["content-type"] = content_type
+        return self.client.post(path, content=body, headers=headers)
+
+    def select(self, requests: list[dict], **fields) -> "httpx.Response":
+        return self.post("/v1/select", json.dumps({"requests": requests, **fields}).encode())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    """The real server on the tiny model, with small limits so that the limit tests stay small."""
+    started = Server(tiny_model, "--max-requests", "300", "--max-body-bytes", "2000000", "--max-candidates", "50",
+                     log=tmp_path_factory.mktemp("serve") / "serve.log")
+    yield started
+    started.stop()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in open(path) if line.strip()]

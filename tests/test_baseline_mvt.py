@@ -53,7 +53,7 @@ def test_hill_climbing_finds_the_best_combination_of_small_pools():
     unary = [torch.randn(R, n, generator=generator) for n in sizes]
     pair = {(a, b): 0.5 * torch.randn(R, sizes[a], sizes[b], generator=generator) for a, b in itertools.combinations(range(3), 2)}
     valid = [torch.ones(R, n, dtype=torch.bool) for n in sizes]
-    combo, value = hill_climb(unary, pair, valid, restarts=8, passes=4, generator=generator)
+    combo, value = hill_climb(unary, pair, valid, torch.rand((R, 8, len(sizes)), generator=generator, dtype=torch.float64), passes=4)
     best = torch.full((R,), -float("inf"))
     for c in itertools.product(*[range(n) for n in sizes]):
         total = sum(unary[m][:, c[m]] for m in range(3)) + sum(t[:, c[a], c[b]] for (a, b), t in pair.items())

@@ -52,7 +52,11 @@ class BenchPlan:
     def make(cls, *, quick: bool, seeds: int, impressions: int | None, policies: list[str], scenarios: list[str],
              fixed_world: bool = False) -> "BenchPlan":
         from genco.errors import GencoInputError
+        from genco.options import Range, check_value
 
+        check_value("seeds", seeds, Range(1, 100), integer=True)
+        if impressions is not None:
+            check_value("impressions", impressions, Range(1, 100_000_000), integer=True)
         unknown = [p for p in policies if p not in (*bench.WORLD_POLICIES, *policy_names())]
         if unknown:
             raise GencoInputError(f"unknown policies {unknown}; `genco bench --list` names them")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,22 @@ FORMAT = "genco-model"
 VERSION = 1
 
 
-def check_model_folder(directory: str | Path) -> Path:
-    """A path a model folder can be written to (created now), or a GencoInputError naming --out."""
-    return output_folder(directory, "--out")
+def check_model_folder(directory: str | Path) -> None:
+    """Refuse, before any training, a --out that cannot become a model folder (a file, or under one)."""
+    directory = Path(directory)
+    for place in (directory, *directory.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise GencoInputError(f"--out {directory}: {place} exists and is not a folder")
+            if not os.access(place, os.W_OK):
+                raise GencoInputError(f"--out {directory}: {place} is not writable")
+            return
 
 
 def save_model(model: torch.nn.Module, directory: str | Path, extra: dict[str, Any]) -> None:
     """Write the weights and metadata; each file is written atomically, genco.json last (it marks completeness)."""
-    directory = check_model_folder(directory)
+    check_model_folder(directory)
+    directory = output_folder(directory, "--out")
     tmp = directory / ".model.safetensors.tmp"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp))

@@ -201,8 +201,8 @@ def train(
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
                                reward_models=reward_models, rl_objective=rl_objective.value)
-    check_model_folder(out)  # before hours of training, not after
     limits = Limits(max_candidates=max_candidates)
+    check_model_folder(out)  # before hours of training, not after
     data, report = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)
     if data.click.sum() == 0:
         raise GencoInputError(f"{logs}: no clicks in {len(data)} rows: nothing to learn from")

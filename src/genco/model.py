@@ -21,6 +21,7 @@ creative part alone.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -129,6 +130,14 @@ class _NoFeatures(nn.Module):
         return features.new_zeros(*features.shape[:-1], self.dim)
 
 
+def linear(inputs: int, outputs: int, bias: bool = True) -> nn.Linear:
+    """nn.Linear, also for zero inputs (`user: []` and no ad features, elements without features): the output
+    is then the bias alone (or zeros), and the no-op initialisation of the empty weight needs no warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op", UserWarning)
+        return nn.Linear(inputs, outputs, bias=bias)
+
+
 def _projection(features: int, dim: int) -> nn.Module:
     return nn.Linear(features, dim) if features > 0 else _NoFeatures(dim)
 
@@ -179,7 +188,7 @@ class GenCO(nn.Module):
         self.context = nn.Linear(U + A + C, C)
         self.context_mlp = nn.Sequential(nn.Linear(U + A + C, 2 * C), nn.ReLU(), nn.Linear(2 * C, C))
         self.ad_appeal = nn.Embedding(schema.ad_buckets, 1)
-        self.appeal = nn.Linear(U + A, 1)
+        self.appeal = linear(U + A, 1)
         # element encoder: one feature projection per component (feature lengths differ)
         self.feature_proj = nn.ModuleList(_projection(schema.feature_dims[m], d) for m in schema.components)
         self.component = nn.Embedding(M, d)

@@ -41,11 +41,14 @@ class Range:
     high_open: bool = False
 
     def describe(self) -> str:
+        def number(x: float) -> str:
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
         parts = []
         if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.low_open else '>='} {number(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.high_open else '<='} {number(self.high)}")
         return " and ".join(parts) if parts else "a finite number"
 
     def admits(self, value: float) -> bool:

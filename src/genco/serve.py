@@ -183,6 +183,7 @@ def bind(config: ServeConfig) -> socket.socket:
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise GencoInputError(f"--port {config.port}: not allowed to listen on it (ports below 1024 need privileges)") from None
         raise GencoInputError(f"--host {config.host} --port {config.port}: cannot listen there ({exc.strerror})") from None
+    sock.listen(2048)  # connections made before the server is up wait in the backlog instead of being refused
     sock.set_inheritable(True)
     return sock
 

@@ -162,7 +162,8 @@ def judgement(data: EncodedRows, config: TrainConfig) -> dict[str, Any]:
         caveat = ("nothing is held out (--holdout 0, or a single row): AUC, log loss and early stopping are measured "
                   "on the training rows, so they flatter the model")
     elif min(clicks, len(heldout) - clicks) < MIN_HELDOUT_CLASS:
-        caveat = (f"only {len(heldout)} held-out rows with {clicks} clicks: held-out AUC and log loss are noise at this "
+        caveat = (f"only {len(heldout)} held-out row{'s' * (len(heldout) != 1)} with {clicks} click{'s' * (clicks != 1)}: "
+                  "held-out AUC and log loss are noise at this "
                   f"size (fewer than {MIN_HELDOUT_CLASS} clicks or non-clicks); hold out more or log more")
     return {"judged_on": "training-rows" if on_training else "heldout", "heldout_rows": int(len(heldout)),
             "heldout_clicks": clicks, "caveat": caveat}

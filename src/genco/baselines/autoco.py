@@ -64,6 +64,7 @@ from torch import nn
 
 from genco.baselines.base import Policy, choices, combinations_of, request_counts, shown_entries, torch_threads
 from genco.data import EncodedRows
+from genco.model import linear
 from genco.select import Choices
 
 
@@ -142,9 +143,9 @@ class _VariationalFM(nn.Module):
         width = dim + 1
         self.prior_std = prior_std
         self.bias = nn.Parameter(torch.zeros(1))
-        self.user = nn.Linear(user_dim, width, bias=False)
+        self.user = linear(user_dim, width, bias=False)
         self.ad = nn.Linear(ad_dim, width, bias=False) if ad_dim > 0 else None
-        self.element = nn.ModuleList(nn.Linear(f, width, bias=False) for f in feature_dims)
+        self.element = nn.ModuleList(linear(f, width, bias=False) for f in feature_dims)
         mean = 0.01 * torch.randn(table_size, width)
         rho = torch.full((table_size, width), _inverse_softplus(init_std))
         mean[unknown_rows] = 0.0
@@ -369,8 +370,10 @@ class AutoCOLite(Policy):
             context_sum = context.sum(dim=2)  # (D, B, W)
             constant = model.bias + fm_logit(context)  # (D, B)
             for b, r in enumerate(batch):
+                # greedy: the sample of a huge pool is keyed by the request, so the answer does not depend on the seed
+                request_rng = np.random.default_rng(int(requests.row_key[r])) if greedy else rng
                 combos, sampled, scores = self._score_request(requests, r, known, known_cols, counts[r], elements,
-                                                              context_sum[:, b], constant[:, b], rng)
+                                                              context_sum[:, b], constant[:, b], request_rng)
                 if combos is None:
                     continue
                 winners = scores.argmax(dim=1).numpy()  # (D,)

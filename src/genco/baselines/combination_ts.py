@@ -186,6 +186,8 @@ class CombinationTS(Policy):
         score = np.full(n, prior_mean)
         propensity = np.ones(n)
         for r in range(n):
+            if greedy:  # a sample of a huge pool and ties: keyed by the request, the same answer whatever the seed
+                rng = np.random.default_rng(int(requests.row_key[r]))
             combos, sampled = combinations_of(counts[r], self.max_combinations, rng)  # (C, M)
             codes = np.where(combos >= 0, combos, 0) @ _strides(counts[r])  # (C,)
             codes, first = np.unique(codes, return_index=True)  # arms, deduplicated (a sample may repeat)

@@ -50,6 +50,7 @@ import torch
 
 from genco.baselines.base import Policy, choices, element_keys, shown_entries, torch_threads
 from genco.data import Batch, EncodedRows, batch_indices, collate
+from genco.noise import RequestNoise
 from genco.select import Choices
 
 
@@ -139,6 +140,7 @@ class MVTBandit(Policy):
         n, names = len(logs), list(logs.schema.components)
         M, U = len(names), logs.user.shape[1]
         self.components, self.user_dim, self.ad_dim = names, U, logs.ad.shape[1]
+        self._user_x_ids = self.context == "ids" and U > 0  # user x element-id weights (none without user features)
         self.feature_dims = {name: logs.schema.feature_dims[name] for name in names}
         element = np.full((n, M), -1, dtype=np.int64)
         dense = [logs.ad.astype(np.float64)]
@@ -163,7 +165,7 @@ class MVTBandit(Policy):
                 dense.append(features)
                 self.dense_columns[name]["features"] = slice(column, column + F)
                 column += F
-            if self.context == "features":
+            if self.context == "features" and U * F > 0:  # no user features or no element features: no cross terms
                 dense.append((logs.user[:, :, None] * features[:, None, :]).reshape(n, U * F))  # (n, U * F_m)
                 self.dense_columns[name]["user_x_features"] = slice(column, column + U * F)
                 column += U * F
@@ -175,7 +177,7 @@ class MVTBandit(Policy):
         pair[valid] = np.searchsorted(self.pair_table, pair_keys[valid])
         self.ad_vocab = {a: k for k, a in enumerate(dict.fromkeys(logs.ad_ids))}
         sizes = {"bias": 1, "dense": column, "ad_id": len(self.ad_vocab) + 1, "element": total + 1,
-                 "pair": len(self.pair_table) + 1, "user_x_element": (total + 1) * U if self.context == "ids" else 0}
+                 "pair": len(self.pair_table) + 1, "user_x_element": (total + 1) * U if self._user_x_ids else 0}
         self.blocks: dict[str, slice] = {}  # name -> its weights in the flat vector (last entry of a table: padding)
         at = 0
         for key, size in sizes.items():
@@ -225,7 +227,7 @@ class MVTBandit(Policy):
         present, paired = d.element < self.n_elements, d.pair < len(self.pair_table)
         logit = b["bias"] + d.dense @ b["dense"] + b["ad_id"][d.ad]
         logit = logit + (b["element"][d.element] * present).sum(1) + (b["pair"][d.pair] * paired).sum(1)
-        if self.context == "ids":
+        if self._user_x_ids:
             per_element = b["user_x_element"].view(-1, self.user_dim)[d.element]  # (n, M, U)
             logit = logit + ((per_element * d.user[:, None, :]).sum(2) * present).sum(1)
         return logit
@@ -243,7 +245,7 @@ class MVTBandit(Policy):
         out[self.blocks["element"]] += torch.bincount(d.element[present], repeat[present], minlength=self.n_elements + 1)
         out[self.blocks["pair"]] += torch.bincount(d.pair[paired], s[:, None].expand_as(d.pair)[paired],
                                                    minlength=len(self.pair_table) + 1)
-        if self.context == "ids":
+        if self._user_x_ids:
             block = out[self.blocks["user_x_element"]].view(-1, self.user_dim)  # (V + 1, U)
             for k in range(self.user_dim):
                 weight = (s * d.user[:, k] ** 2)[:, None].expand_as(d.element)
@@ -268,7 +270,11 @@ class MVTBandit(Policy):
         for idx in batch_indices(n, max(1, self.chunk // draws)):
             batch = collate(requests, idx)
             unary, pair, valid = self._tables(requests, batch, global_index, draws, greedy, generator)
-            combo, value = hill_climb(unary, pair, valid, self.restarts, self.passes, generator)  # (B * D, M), (B * D,)
+            R, S = len(idx) * draws, max(1, self.restarts)
+            # greedy: restarts keyed by the request, so the answer does not depend on the seed or the batch
+            starts = (RequestNoise(batch.row_key).uniform(S, M, stream=0).double() if greedy
+                      else torch.rand((R, S, M), generator=generator, dtype=torch.float64))
+            combo, value = hill_climb(unary, pair, valid, starts, self.passes)  # (B * D, M), (B * D,)
             combo = combo.view(len(idx), draws, M)
             served = combo[:, 0]  # (B, M): the first draw is served, the others estimate its propensity
             positions[idx] = served.numpy()
@@ -326,7 +332,7 @@ class MVTBandit(Policy):
             score = self._lookup("element", g, g >= 0, draws, greedy, generator)  # (R, N_m)
             f = batch.features[m].repeat_interleave(draws, dim=0)  # (R, N_m, F_m)
             columns = self.dense_columns.get(name, {})
-            if self.context == "ids":
+            if self._user_x_ids:
                 index = g[..., None] * self.user_dim + torch.arange(self.user_dim)  # (B, N_m, U)
                 w = self._lookup("user_x_element", index, (g >= 0)[..., None].expand_as(index), draws, greedy, generator)
                 score = score + (w * user[:, None, :]).sum(2)
@@ -356,17 +362,18 @@ class MVTBandit(Policy):
 
 
 def hill_climb(unary: list[torch.Tensor], pair: dict[tuple[int, int], torch.Tensor], valid: list[torch.Tensor],
-               restarts: int, passes: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+               starts: torch.Tensor, passes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy hill climbing with random restarts on score(c) = sum_m unary[m][c_m] + sum_{a<b} pair[a, b][c_a, c_b].
 
-    unary[m] (R, N_m), pair[(a, b)] (R, N_a, N_b), valid[m] (R, N_m) bool, real candidates first. Returns the
-    best combination of each row (R, M), -1 where a row lacks the component, and its score (R,).
+    unary[m] (R, N_m), pair[(a, b)] (R, N_a, N_b), valid[m] (R, N_m) bool, real candidates first; starts (R, S, M)
+    uniforms in [0, 1) that place the S restarts. Returns the best combination of each row (R, M), -1 where a
+    row lacks the component, and its score (R,).
     """
-    M, S = len(unary), max(1, restarts)
+    M, S = len(unary), starts.shape[1]
     R = unary[0].shape[0] if M else 0
     counts = torch.stack([v.sum(1) for v in valid], dim=1) if M else torch.zeros(R, 0, dtype=torch.long)  # (R, M)
     present = counts > 0
-    start = (torch.rand((R, S, M), generator=generator, dtype=torch.float64) * counts[:, None, :]).long()
+    start = (starts * counts[:, None, :]).long().clamp(max=(counts - 1).clamp(min=0)[:, None, :])
     combo = torch.where(present[:, None, :], start, -1)  # (R, S, M)
 
     def pair_given(m: int, other: int) -> torch.Tensor:
