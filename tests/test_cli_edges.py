@@ -45,16 +45,16 @@ def _clean_failure(result, *needles: str) -> None:
     ("--rl-weight", "inf", "--rl-weight must be"), ("--seed", "-3", "--seed must be >= 0"),
     ("--reward-models", "0", "--reward-models must be >= 1"), ("--max-candidates", "0", "--max-candidates must be >= 1"),
 ])
-def test_train_options_out_of_range(tiny_world, tmp_path, flag, value, words):
-    result = run_genco("train", "--logs", tiny_world / "logs.jsonl", "--out", tmp_path / "m", flag, value)
+def test_train_options_out_of_range(genco_here, tiny_world, tmp_path, flag, value, words):
+    result = genco_here("train", "--logs", tiny_world / "logs.jsonl", "--out", tmp_path / "m", flag, value)
     _clean_failure(result, words)
     assert not (tmp_path / "m").exists(), "refused before anything was written"
 
 
-def test_train_out_naming_a_file(tiny_world):
-    _clean_failure(run_genco("train", "--logs", tiny_world / "logs.jsonl", "--out", tiny_world / "logs.jsonl"),
+def test_train_out_naming_a_file(genco_here, tiny_world):
+    _clean_failure(genco_here("train", "--logs", tiny_world / "logs.jsonl", "--out", tiny_world / "logs.jsonl"),
                    "--out", "exists and is not a folder")
-    _clean_failure(run_genco("train", "--logs", tiny_world / "logs.jsonl", "--out", tiny_world / "logs.jsonl" / "m"),
+    _clean_failure(genco_here("train", "--logs", tiny_world / "logs.jsonl", "--out", tiny_world / "logs.jsonl" / "m"),
                    "is not a folder")
 
 
@@ -62,8 +62,8 @@ def test_train_out_naming_a_file(tiny_world):
     (["--k", "1000000000"], "--k must be >= 0 and <= 1024"), (["--epsilon", "1.5"], "--epsilon must be"),
     (["--refine-starts", "0"], "--refine-starts must be >= 1"), (["--seed", "-1"], "--seed must be >= 0"),
 ])
-def test_select_options_out_of_range(tiny_world, tiny_model, tmp_path, args, words):
-    result = run_genco("select", "--model", tiny_model, "--requests", tiny_world / "requests.jsonl",
+def test_select_options_out_of_range(genco_here, tiny_world, tiny_model, tmp_path, args, words):
+    result = genco_here("select", "--model", tiny_model, "--requests", tiny_world / "requests.jsonl",
                        "--out", tmp_path / "s.jsonl", "--greedy", *args)
     _clean_failure(result, words)
 
@@ -77,8 +77,9 @@ def test_selection_batches_bound_memory_whatever_k(tiny_world, tiny_model):
     small, large = rows_per_batch(model, data, SelectConfig(k=16)), rows_per_batch(model, data, SelectConfig(k=1024))
     assert large < small <= 256
     assert large >= 1
-    result = run_genco("select", "--model", tiny_model, "--requests", tiny_world / "requests.jsonl", "--out",
-                       tiny_world.parent / "k1024.jsonl", "--greedy", "--k", "1024", "--quiet")
+    few = write_jsonl(tiny_world.parent / "few.jsonl", read_jsonl(tiny_world / "requests.jsonl")[:30])
+    result = run_genco("select", "--model", tiny_model, "--requests", few, "--out", tiny_world.parent / "k1024.jsonl",
+                       "--greedy", "--k", "1024", "--quiet")
     assert result.returncode == 0, result.stderr
     assert CELL_BUDGET <= 1 << 26, "the budget the docs state"
 
@@ -86,8 +87,8 @@ def test_selection_batches_bound_memory_whatever_k(tiny_world, tiny_model):
 @pytest.mark.parametrize("args,words", [(["--port", "70000"], "--port must be >= 0 and <= 65535"),
                                         (["--port", "-1"], "--port must be"), (["--max-requests", "0"], "--max-requests must be"),
                                         (["--max-body-bytes", "10"], "--max-body-bytes must be"), (["--host", "no-such-host.invalid"], "--host")])
-def test_serve_options(tiny_model, args, words):
-    _clean_failure(run_genco("serve", "--model", tiny_model, *args), words)
+def test_serve_options(genco_here, tiny_model, args, words):
+    _clean_failure(genco_here("serve", "--model", tiny_model, *args), words)
 
 
 def test_serve_on_a_port_in_use(tiny_model):
@@ -101,14 +102,14 @@ def test_serve_on_a_port_in_use(tiny_model):
 @pytest.mark.parametrize("args,words", [(["--interaction", "nan"], "--interaction must be"), (["--ads", "0"], "--ads must be >= 1"),
                                         (["--max-candidates", "1"], "--max-candidates must be >= 2"),
                                         (["--cold-share", "1"], "--cold-share must be"), (["--seed", "-1"], "--seed must be")])
-def test_simulate_options(tmp_path, args, words):
-    _clean_failure(run_genco("simulate", "--out", tmp_path / "w", *args), words)
+def test_simulate_options(genco_here, tmp_path, args, words):
+    _clean_failure(genco_here("simulate", "--out", tmp_path / "w", *args), words)
 
 
-def test_bench_and_demo_options(tmp_path):
-    _clean_failure(run_genco("bench", "--seeds", "0", "--out", tmp_path / "b"), "--seeds must be >= 1")
-    _clean_failure(run_genco("bench", "--impressions", "0", "--out", tmp_path / "b"), "--impressions must be >= 1")
-    _clean_failure(run_genco("demo", "--seed", "-1", "--out", tmp_path / "d"), "--seed must be >= 0")
+def test_bench_and_demo_options(genco_here, tmp_path):
+    _clean_failure(genco_here("bench", "--seeds", "0", "--out", tmp_path / "b"), "--seeds must be >= 1")
+    _clean_failure(genco_here("bench", "--impressions", "0", "--out", tmp_path / "b"), "--impressions must be >= 1")
+    _clean_failure(genco_here("demo", "--seed", "-1", "--out", tmp_path / "d"), "--seed must be >= 0")
 
 
 def test_the_python_api_refuses_what_the_command_line_refuses():
@@ -137,15 +138,15 @@ def test_select_to_parquet_on_bad_input_leaves_nothing(tiny_world, tiny_model, t
     assert not out.exists() and not list(tmp_path.glob(".o.parquet*")), "no output, no temporary file left"
 
 
-def test_messages_are_filled_in(tmp_path):
+def test_messages_are_filled_in(genco_here, tmp_path):
     row = log_row()
     row["components"]["title"].append(dict(row["components"]["title"][0]))
     path = write_jsonl(tmp_path / "dup.jsonl", [row])
-    _clean_failure(run_genco("validate", path), "component 'title' lists element 't-1' twice")
+    _clean_failure(genco_here("validate", path), "component 'title' lists element 't-1' twice")
     row = log_row(shown={"image": "i-1"})
     row["components"]["title"] = []
     path = write_jsonl(tmp_path / "empty.jsonl", [row])
-    _clean_failure(run_genco("validate", path), "component 'title' has no candidates")
+    _clean_failure(genco_here("validate", path), "component 'title' has no candidates")
 
 
 def test_evaluate_and_model_files_are_strict_json(tmp_path):

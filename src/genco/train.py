@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from genco import console
 from genco.data import EncodedRows, batch_indices, collate
+from genco.errors import GencoInputError
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
 from genco.options import MAX_K, OptionError, bounded, check_options, seed_field
@@ -388,6 +389,9 @@ def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple
 
     best_state, best_epoch = loop.run(model, "reward", member, rows, heldout, step, optimizer, config.epochs, seed,
                                       judge=averaged)
+    if best_state is None:  # every epoch's held-out log loss was NaN: the weights diverged
+        raise GencoInputError(f"reward model {member + 1}: training diverged (held-out log loss NaN in every epoch); "
+                              f"lower --lr (now {config.lr:g})")
     model.load_state_dict(best_state)
     return model, best_epoch
 
