@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from genco.world import WorldConfig, simulate
@@ -151,9 +154,6 @@ class Server:
     """`genco serve` as a user starts it: a real process on a free local port (the tests' own)."""
 
     def __init__(self, model_dir: Path, *args: str, log: Path):
-        import re
-        import time
-
         self.log = log
         self.process = subprocess.Popen([sys.executable, "-m", "genco", "serve", "--model", str(model_dir), "--port", "0", *args],
                                         stdout=subprocess.DEVNULL, stderr=open(log, "w"))
@@ -169,8 +169,6 @@ class Server:
         else:
             self.stop()
             raise RuntimeError(f"genco serve did not start: {log.read_text()}")
-        import httpx
-
         self.client = httpx.Client(base_url=self.url, timeout=60)
         while self.client.get("/healthz").status_code != 200:  # bound before the app is up: wait for it
             time.sleep(0.05)
@@ -180,7 +178,7 @@ class Server:
             headers["content-type"] = content_type
         return self.client.post(path, content=body, headers=headers)
 
-    def select(self, requests: list[dict], **fields) -> "httpx.Response":
+    def select(self, requests: list[dict], **fields) -> httpx.Response:
         return self.post("/v1/select", json.dumps({"requests": requests, **fields}).encode())
 
     def stop(self) -> None:

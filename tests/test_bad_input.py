@@ -157,25 +157,29 @@ def _paths(value, prefix=()):
             yield from _paths(v, prefix + (i,))
 
 
+def mutated(data, value, replacement):
+    """A copy of `value` with one place (drawn: the whole, a field, an item) replaced by `replacement` or, in a
+    dict, removed."""
+    path = data.draw(st.sampled_from(list(_paths(value))))
+    if not path:
+        return replacement
+    out = copy.deepcopy(value)
+    target = out
+    for key in path[:-1]:
+        target = target[key]
+    if data.draw(st.booleans()) and isinstance(target, dict):
+        del target[path[-1]]
+    else:
+        target[path[-1]] = replacement
+    return out
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), replacement=json_values)
 def test_any_mutation_is_either_valid_or_a_named_rule(data, replacement):
-    row = log_row()
-    paths = list(_paths(row))
-    path = data.draw(st.sampled_from(paths))
-    mutated = copy.deepcopy(row)
-    if not path:
-        mutated = replacement
-    else:
-        target = mutated
-        for key in path[:-1]:
-            target = target[key]
-        if data.draw(st.booleans()) and isinstance(target, dict):
-            del target[path[-1]]
-        else:
-            target[path[-1]] = replacement
-    line = json.dumps(mutated).encode()
-    for raw in (line, mutated):  # as a JSON line and as a Parquet-style dict
+    mutated_row = mutated(data, log_row(), replacement)
+    line = json.dumps(mutated_row).encode()
+    for raw in (line, mutated_row):  # as a JSON line and as a Parquet-style dict
         if not isinstance(raw, (bytes, dict)):
             continue
         try:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import read_jsonl
-from tests.test_bad_input import _paths, json_values
+from tests.test_bad_input import json_values, mutated
 
 
 @pytest.fixture(scope="module")
@@ -157,19 +157,7 @@ def test_invalid_json_and_wrong_shapes(server):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data(), replacement=json_values)
 def test_random_mutations_of_valid_bodies_never_5xx(server, requests, data, replacement):
-    body = {"requests": copy.deepcopy(requests[:2]), "greedy": data.draw(st.booleans())}
-    paths = list(_paths(body))
-    path = data.draw(st.sampled_from(paths))
-    if not path:
-        body = replacement
-    else:
-        target = body
-        for key in path[:-1]:
-            target = target[key]
-        if data.draw(st.booleans()) and isinstance(target, dict):
-            del target[path[-1]]
-        else:
-            target[path[-1]] = replacement
+    body = mutated(data, {"requests": requests[:2], "greedy": data.draw(st.booleans())}, replacement)
     response = server.post("/v1/select", json.dumps(body).encode())  # NaN and Infinity written as such
     assert response.status_code < 500, response.text
     if response.status_code == 200:
