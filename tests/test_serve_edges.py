@@ -173,3 +173,10 @@ def test_the_server_still_answers_after_the_bad_bodies(server, requests):
     metrics = server.client.get("/metrics").text
     assert 'genco_select_calls_total{outcome="bad_request"}' in metrics
     assert 'genco_select_calls_total{outcome="too_large"}' in metrics
+
+
+def test_the_schema_documents_the_body(server):
+    schema = server.client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/select"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/SelectBody"}
+    assert {"SelectBody", "Request", "Element", "SelectAnswer"} <= set(schema["components"]["schemas"])

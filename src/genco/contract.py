@@ -42,7 +42,7 @@ class Limits:
 
 # Every rule a row can break, with the words a user sees in an error message.
 RULES: dict[str, str] = {
-    "invalid-json": "the line is not valid JSON",
+    "invalid-json": "the line (or the HTTP body) is not valid JSON",
     "not-an-object": "a row must be a JSON object",
     "missing-field": "a required field is missing",
     "wrong-type": "a field has the wrong type",
@@ -58,14 +58,15 @@ RULES: dict[str, str] = {
     "propensity-range": "propensity must be a number in (0, 1]",
     "revenue-negative": "revenue must be a number >= 0",
     "feature-length": "feature vectors must have the same length in every row of a data set",
-    "duplicate-request-id": "request_id must be unique within a file",
+    "duplicate-request-id": "request_id must be unique within a file (or one HTTP call)",
     "unknown-component": "a request has a component the model was not trained on",
     "unknown-request": "a selection names a request_id that is not among the requests",
+    "selection-components": "a selection must pick one element for every component of its request, and no others",
+    "selection-not-candidate": "a selected id must be one of that component's candidates",
+    # the HTTP body of POST /v1/select
     "too-many-requests": "an HTTP call holds more request rows than the configured limit",
     "body-too-large": "an HTTP body is larger than the configured limit",
     "unsupported-media-type": "an HTTP body must be sent as Content-Type: application/json",
-    "selection-components": "a selection must pick one element for every component of its request, and no others",
-    "selection-not-candidate": "a selected id must be one of that component's candidates",
 }
 
 
