@@ -12,7 +12,7 @@ measures it, for both places GenCO attends:
   fair share there is its number of candidates over all the others' (a pool of 12 images is owed more of a
   title's attention than a pool of 3 badges).
 
-On a simulated world the pairs that truly interact are known (genco.world.TREE), and `partner_ratio` says
+On a simulated world the pairs that truly interact are known (World.interactions), and `partner_ratio` says
 whether attention found them: the mean relative weight on true partners over that on the other pairs.
 """
 
@@ -42,6 +42,8 @@ class AttentionMap:
         on |= {(j, i) for i, j in on}
         M = len(self.components)
         off = [(i, j) for i in range(M) for j in range(M) if i != j and (i, j) not in on]
+        if not on or not off:  # every pair interacts (a dense world), or none: no contrast to measure
+            return float("nan")
         on_mean, off_mean = np.nanmean([grid[p] for p in on]), np.nanmean([grid[p] for p in off])
         return float(on_mean / off_mean)
 

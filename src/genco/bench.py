@@ -34,9 +34,9 @@ from genco.data import EncodedRows, encode, positions_of
 from genco.evaluate import Evaluator
 from genco.model import GenCO
 from genco.policies import GenCOPolicy, make_policy
-from genco.world import TREE, World, WorldConfig, random_exposure_logs, simulate_in_memory
+from genco.world import World, WorldConfig, random_exposure_logs, simulate_in_memory
 
-SCENARIOS = ("offline", "closed-loop", "interaction", "candidates", "log-size", "cold-start", "scaling")
+SCENARIOS = ("offline", "closed-loop", "interaction", "candidates", "log-size", "cold-start", "structure", "scaling")
 
 
 class Skip(Exception):
@@ -147,8 +147,9 @@ def genco_figures(policy, requests: EncodedRows, evaluator: Evaluator, rows: np.
                "heldout_auc": policy.result.best.heldout_auc, "heldout_logloss": policy.result.best.heldout_logloss}
     if policy.model_config.cross_component and policy.model_class is GenCO:  # the AR generator attends otherwise
         policy.attention = attention_map(policy.model, requests, seed=seed)  # kept for plots (genco demo)
-        figures |= {"attention_partner_ratio": policy.attention.partner_ratio(TREE.items()),
-                    "generator_attention_partner_ratio": policy.attention.partner_ratio(TREE.items(), "generator")}
+        partners = list(evaluator.world.interactions)  # the pairs of components that truly interact
+        figures |= {"attention_partner_ratio": policy.attention.partner_ratio(partners),
+                    "generator_attention_partner_ratio": policy.attention.partner_ratio(partners, "generator")}
     return figures
 
 
@@ -217,6 +218,28 @@ def sweep(policies: Sequence[str], base: WorldConfig, seeds: Iterable[int], fiel
     for value in values:
         config = replace(base, **{field_name: value})
         results += offline(policies, config, seeds, scenario=scenario, extra={"setting": value}, **options)
+    return results
+
+
+#: The structure scenario's worlds: where synergy lives (docs/worlds.md) and what element features show.
+STRUCTURES: dict[str, dict[str, Any]] = {
+    "tree, ids only": {"interaction_form": "tree", "features": "none"},
+    "tree, partial features": {"interaction_form": "tree", "features": "partial"},
+    "dense": {"interaction_form": "dense"},
+    "dense, ids only": {"interaction_form": "dense", "features": "none"},
+    "gated": {"interaction_form": "gated"},
+    "gated, ids only": {"interaction_form": "gated", "features": "none"},
+    "table, ids only": {"interaction_form": "table", "features": "none"},
+}
+
+
+def structure(policies: Sequence[str], base: WorldConfig, seeds: Iterable[int], settings: Sequence[str],
+              **options: Any) -> list[dict[str, Any]]:
+    """The offline scenario on worlds whose synergy lives in other forms (STRUCTURES), one setting each."""
+    results = []
+    for label in settings:
+        config = replace(base, **STRUCTURES[label])
+        results += offline(policies, config, seeds, scenario="structure", extra={"setting": label}, **options)
     return results
 
 

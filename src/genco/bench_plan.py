@@ -23,6 +23,7 @@ ALL = ["random", "oracle", "oracle-additive", "counting", "independent-ts", "com
        "vw-slates", "genco", "genco-autoregressive"]
 OFFLINE = [p for p in ALL if p != "genco-autoregressive"]
 SWEEP = ["random", "oracle-additive", "counting", "mvt", "autoco-lite", "vw-slates", "genco"]
+STRUCTURE = [*SWEEP[:3], "combination-ts", *SWEEP[3:]]  # counting whole combinations matters on the table form
 LOOP = ["random", "independent-ts", "mvt", "lints", "genco"]
 SCALING = ["genco", "genco-autoregressive", "autoco-lite", "mvt"]
 
@@ -44,6 +45,7 @@ class BenchPlan:
     candidates_requests: int  # 150 make every row heavy (GenCO selects in 0.12 s per request there)
     scaling_impressions: int  # the scaling scenario measures selection cost: a small log is enough to fit on
     cold_start_seeds: list[int]
+    structures: list[str]  # the structure scenario's worlds (bench.STRUCTURES)
     options: dict[str, Any] = field(default_factory=dict)  # passed to every GenCO variant (e.g. epochs)
     chosen_policies: bool = False  # the user named the policies: use them everywhere
     fixed_world: bool = False  # offline: every seed keeps the world of seed 1 (seeds move training and selection)
@@ -68,13 +70,13 @@ class BenchPlan:
                        impressions=impressions or 4_000, requests=300, interaction=[0.0, 2.0], candidates=[5, 30],
                        log_sizes=[2_000, 8_000], loop=bench.LoopConfig(warm_start=1_000, rounds=2, per_round=1_000),
                        scaling_sizes=[5, 30], candidates_impressions=impressions or 4_000, candidates_requests=300, scaling_impressions=2_000,
-                       cold_start_seeds=[1], options={"epochs": 2}, chosen_policies=bool(policies), fixed_world=fixed_world)
+                       cold_start_seeds=[1], structures=["dense, ids only", "table, ids only"], options={"epochs": 2}, chosen_policies=bool(policies), fixed_world=fixed_world)
         return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, seeds + 1)), sweep_seeds=[1],
                    impressions=impressions or 50_000, requests=1_000, interaction=[0.0, 1.0, 2.0],
                    candidates=[5, 15, 50, 150], log_sizes=[10_000, 50_000, 100_000],
                    loop=bench.LoopConfig(warm_start=5_000, rounds=4, per_round=5_000), scaling_sizes=[5, 15, 50, 150],
                    candidates_impressions=10_000, candidates_requests=400, scaling_impressions=2_000, cold_start_seeds=[1],
-                   options={},
+                   structures=list(bench.STRUCTURES), options={},
                    chosen_policies=bool(policies), fixed_world=fixed_world)
 
     def subset(self, default: list[str]) -> list[str]:
@@ -122,6 +124,8 @@ def _run_scenarios(plan: BenchPlan, out: Path, rows: list[dict[str, Any]], secti
             rows += bench.sweep(plan.subset(SWEEP), base, plan.sweep_seeds, "impressions", plan.log_sizes, "log-size", **opts)
         elif scenario == "cold-start":
             rows += bench.cold_start(plan.subset(SWEEP), base, plan.cold_start_seeds, **opts)
+        elif scenario == "structure":
+            rows += bench.structure(plan.subset(STRUCTURE), base, plan.sweep_seeds, plan.structures, **opts)
         elif scenario == "closed-loop":
             loop_rows = bench.closed_loop(plan.subset(LOOP), base, plan.sweep_seeds, plan.loop, **opts)
             rows += loop_rows

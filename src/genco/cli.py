@@ -45,6 +45,27 @@ class RLObjectiveChoice(str, Enum):
     mean = "mean"
 
 
+class FeaturesChoice(str, Enum):
+    full = "full"
+    partial = "partial"
+    none = "none"
+
+
+class FormChoice(str, Enum):
+    tree = "tree"
+    dense = "dense"
+    gated = "gated"
+    table = "table"
+
+
+def numbers(text: str, flag: str, kind: type) -> tuple:
+    """A comma-separated list of numbers (--variance-split 0.1,0.3,0.6); exit 2 naming the flag otherwise."""
+    try:
+        return tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        raise GencoInputError(f"{flag}: expected comma-separated {kind.__name__}s, got {text!r}") from None
+
+
 class KindChoice(str, Enum):
     requests = "requests"
     logs = "logs"
@@ -85,6 +106,10 @@ def simulate(
     max_candidates: Annotated[int, typer.Option(help="Largest candidate pool of a component.")] = 15,
     revenue: Annotated[bool, typer.Option("--revenue", help="Give every ad a cost per click and log revenue.")] = False,
     cold_share: Annotated[float, typer.Option(help="Share of elements never shown in the logs (cold start).")] = 0.0,
+    features: Annotated[FeaturesChoice, typer.Option(help="What element features show: full (a noisy view of quality, style and, gated, partners), partial (a much noisier one), none (elements known by id alone: features []).")] = "full",
+    interaction_form: Annotated[FormChoice, typer.Option(help="Where synergy lives (docs/worlds.md): tree (pairs along a tree of components), dense (every pair), gated (which partner matters depends on content and user), table (small shared pools, a random effect per whole combination).")] = "tree",
+    variance_split: Annotated[str, typer.Option(help="Table form: the split of the combination effect's variance between main effects, pairs and higher orders.")] = "0.1,0.3,0.6",
+    table_sizes: Annotated[str, typer.Option(help="Table form: the pool size of each component (every ad shows these pools).")] = "2,5,4,5",
     quiet: Quiet = False,
 ) -> None:
     """Simulate a creative world: random-exposure logs, fresh requests, and the ground truth to evaluate against."""
@@ -100,6 +125,10 @@ def simulate(
         max_candidates=max_candidates,
         revenue=revenue,
         cold_share=cold_share,
+        features=FeaturesChoice(features).value,
+        interaction_form=FormChoice(interaction_form).value,
+        variance_split=numbers(variance_split, "--variance-split", float),
+        table_sizes=numbers(table_sizes, "--table-sizes", int),
     )
     run(config, output_folder(out_dir))
     note(f"wrote {out_dir}/logs.jsonl ({impressions} impressions), {out_dir}/requests.jsonl ({requests} requests), ground truth")
@@ -283,7 +312,7 @@ def serve(
 @app.command()
 def bench(
     policies: Annotated[str, typer.Option(help="Comma-separated policy names (see --list); default: all.")] = "",
-    scenarios: Annotated[str, typer.Option(help="Comma-separated: offline, closed-loop, interaction, candidates, log-size, cold-start, scaling.")] = "offline,closed-loop,interaction,candidates,log-size,cold-start,scaling",
+    scenarios: Annotated[str, typer.Option(help="Comma-separated: offline, closed-loop, interaction, candidates, log-size, cold-start, structure (synergy in other forms: docs/worlds.md), scaling.")] = "offline,closed-loop,interaction,candidates,log-size,cold-start,structure,scaling",
     seeds: Annotated[int, typer.Option(help="Seeds of the offline scenario (mean and spread); the sweeps, cold start and the loop use seed 1.")] = 3,
     quick: Annotated[bool, typer.Option("--quick", help="A small version of everything (CI): minutes, not half an hour.")] = False,
     impressions: Annotated[Optional[int], typer.Option(help="Logged impressions of the offline, interaction and cold-start worlds (default 50,000; quick 4,000); the candidates sweep logs 10,000 and scores 400 requests, the scaling scenario logs 2,000.")] = None,
