@@ -81,3 +81,12 @@ def test_cli_names_an_unknown_policy_and_exits_2(tmp_path):
     result = run_genco("bench", "--quick", "--policies", "random,nonesuch", "--out", tmp_path / "r")
     assert result.returncode == 2
     assert "nonesuch" in result.stderr
+
+
+def test_structure_scenario_runs_every_form_with_its_oracle():
+    rows = bench.structure(["oracle", "counting", "combination-ts"], TINY, [1], list(bench.STRUCTURES))
+    assert {r["setting"] for r in rows} == set(bench.STRUCTURES)
+    assert all(r["scenario"] == "structure" for r in rows)
+    for row in rows:
+        if row["policy"] == "oracle":
+            assert row["frac_of_oracle_lift"] == pytest.approx(1.0)

@@ -56,9 +56,10 @@ class _Accumulator:
         self.total = np.zeros((M, M))
         self.count = np.zeros((M, M))
 
-    def add(self, attention: CrossAttention, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor) -> None:
-        """x (N, L, d) items, mask (N, L) valid, component (L,) of each item."""
-        weights, _ = attention.weights(x, mask, component)
+    def add(self, attention: CrossAttention, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor,
+            context: torch.Tensor) -> None:
+        """x (N, L, d) items, mask (N, L) valid, component (L,) of each item, context (N, C)."""
+        weights, _ = attention.weights(x, mask, component, context)
         w = weights.mean(dim=1)  # (N, L, L) mean over heads
         onehot = torch.nn.functional.one_hot(component, self.M).to(w.dtype)  # (L, M)
         to_component = w @ onehot  # (N, L, M) weight each query item puts on each component
@@ -94,9 +95,10 @@ def attention_map(model, requests: EncodedRows, *, rows: np.ndarray | None = Non
         for k, member in enumerate(members):
             enc = member.encode(batch)
             if k == 0:
-                pool.add(member.generator_attention, enc.e, enc.mask, enc.slot_component)
+                pool.add(member.generator_attention, enc.e, enc.mask, enc.slot_component, enc.h)
                 uniform = member.log_pi(torch.zeros_like(enc.effect), enc)  # (B, T) every candidate alike
                 combos = member.sample(uniform, enc, bags_per_request, draw)  # (B, K, M)
             e, _, present = member.bags(enc, combos)  # (B, K, M, d), (B, K, M)
-            bag[k].add(member.bag_attention, e.flatten(0, 1), present.flatten(0, 1), torch.arange(M))
+            bag[k].add(member.bag_attention, e.flatten(0, 1), present.flatten(0, 1), torch.arange(M),
+                       enc.h.repeat_interleave(combos.shape[1], dim=0))
     return AttentionMap(list(names), np.mean([acc.grid() for acc in bag], axis=0), pool.grid())

@@ -45,7 +45,7 @@ class AutoregressiveGenCO(GenCO):
             items = torch.cat([cand, chosen_e], dim=1)  # (B*R, N + M, d)
             items_mask = torch.cat([valid, chosen], dim=1)
             component = torch.cat([torch.full((N,), m), torch.arange(M)])
-            attended = self.generator_attention(items, items_mask, component)[:, :N]  # (B*R, N, d)
+            attended = self.generator_attention(items, items_mask, component, h)[:, :N]  # (B*R, N, d)
             score = self.generator_score(h[:, None, :].expand(-1, N, -1), cand, attended, effect, generator_only)
             logits = (sharpness[m] * score).masked_fill(~valid, float("-inf"))
             present = valid.any(dim=1)  # (B*R,)

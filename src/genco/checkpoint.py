@@ -25,7 +25,7 @@ from genco.files import atomic_write_json, output_folder
 from genco.model import GenCO, ModelConfig
 
 FORMAT = "genco-model"
-VERSION = 1
+VERSION = 2  # 2: id vectors and their counts
 
 
 def check_model_folder(directory: str | Path) -> None:

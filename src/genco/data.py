@@ -60,6 +60,7 @@ class FeatureSchema:
     feature_dims: dict[str, int]
     id_buckets: int = 1 << 16
     ad_buckets: int = 1 << 14
+    combination_buckets: int = 1 << 20
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,6 +44,9 @@ class EnsembleEncoded:
     def repeat_rows(self, times: int) -> EnsembleEncoded:
         return EnsembleEncoded([enc.repeat_rows(times) for enc in self.members])
 
+    def rows(self, which) -> EnsembleEncoded:
+        return EnsembleEncoded([enc.rows(which) for enc in self.members])
+
 
 class RewardEnsemble(nn.Module):
     """Member 0 is a whole GenCO (generator and reward model); members 1.. contribute their reward models."""

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from genco.data import Batch, FeatureSchema
+from genco.data import Batch, EncodedRows, FeatureSchema
 from genco.noise import Randomness, uniform
 from genco.options import OptionError, bounded, check_options
 
@@ -44,6 +45,11 @@ class ModelConfig:
     cross_component: bool = True  # False: no attention vector at all, every element scored alone (a diagnostic)
     element_ids: bool = True  # False: elements are known by their features and component only
     ad_ids: bool = True  # False: products are known by their features only
+    id_vectors: bool = True  # element identity in the embedding itself (so it reaches attention and phi's pairs)
+    id_shrinkage: float = bounded(10.0, ge=0, le=1e6)  # impressions at which an id's own vector counts half
+    combination_effects: bool = True  # a shrunk effect per whole combination: what its elements cannot explain
+    combination_shrinkage: float = bounded(50.0, ge=0, le=1e6)  # impressions at which it counts half
+    context_attention: bool = False  # attention queries see the context (which partner matters may depend on the user)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -65,19 +71,21 @@ class Encoded:
     mask: torch.Tensor  # (B, T) real candidates
     slices: list[tuple[int, int]]  # component m owns slots [a, b)
     slot_component: torch.Tensor  # (T,) component of each slot
+    bucket: torch.Tensor  # (B, T) hashed element id of each slot (what a combination's own effect is keyed by)
+
+    def _rows(self, index) -> "Encoded":
+        return replace(self, h=self.h[index], appeal=self.appeal[index], e=self.e[index], effect=self.effect[index],
+                       mask=self.mask[index], bucket=self.bucket[index])
 
     def rows(self, which: slice) -> "Encoded":
-        return Encoded(self.h[which], self.appeal[which], self.e[which], self.effect[which], self.mask[which],
-                       self.slices, self.slot_component)
+        return self._rows(which)
 
     def repeat_rows(self, times: int) -> "Encoded":
         """Every row `times` times in a row: (B, ...) -> (B * times, ...)."""
-        r = torch.arange(self.h.shape[0]).repeat_interleave(times)
-        return Encoded(self.h[r], self.appeal[r], self.e[r], self.effect[r], self.mask[r], self.slices, self.slot_component)
+        return self._rows(torch.arange(self.h.shape[0]).repeat_interleave(times))
 
     def detached(self) -> "Encoded":
-        return Encoded(self.h.detach(), self.appeal.detach(), self.e.detach(), self.effect.detach(), self.mask,
-                       self.slices, self.slot_component)
+        return replace(self, h=self.h.detach(), appeal=self.appeal.detach(), e=self.e.detach(), effect=self.effect.detach())
 
 
 class CrossAttention(nn.Module):
@@ -89,25 +97,33 @@ class CrossAttention(nn.Module):
     relative-position biases do in text. Not enabled: no vector at all (zeros), every item on its own.
     """
 
-    def __init__(self, dim: int, heads: int, components: int, learned: bool, enabled: bool = True):
+    def __init__(self, dim: int, heads: int, components: int, learned: bool, enabled: bool = True, context: int = 0):
         super().__init__()
         self.heads, self.learned, self.enabled = heads, learned, enabled
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.pair_bias = nn.Parameter(torch.zeros(heads, components, components))
+        # context-aware queries: which partner an element looks for may depend on the user (starts at zero)
+        self.context_query = nn.Linear(context, dim, bias=False) if context else None
+        if self.context_query is not None:
+            nn.init.zeros_(self.context_query.weight)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor) -> torch.Tensor:
-        N, L, d = x.shape  # x (N, L, d), mask (N, L), component (L,): the component of each item
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        N, L, d = x.shape  # x (N, L, d), mask (N, L), component (L,): the component of each item; context (N, C)
         if not self.enabled:  # no cross-component vector at all: every item is scored on its own
             return x.new_zeros(N, L, d)
-        weights, v = self.weights(x, mask, component)  # (N, H, L, L), (N, H, L, dh)
+        weights, v = self.weights(x, mask, component, context)  # (N, H, L, L), (N, H, L, dh)
         return self.out((weights @ v).transpose(1, 2).reshape(N, L, d))  # (N, L, d)
 
-    def weights(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def weights(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor,
+                context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention weights (N, H, L, L), each row summing to 1 over the valid items of the other components
         (0 for a row with none), and the values (N, H, L, dh). Kept apart from forward for genco.attention_map."""
         N, L, d = x.shape
         q, k, v = self.qkv(x).view(N, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (N, H, L, dh) each
+        if self.context_query is not None and context is not None:
+            q = q + self.context_query(context).view(N, self.heads, 1, d // self.heads)
         if self.learned:
             logits = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (N, H, L, L)
             logits = logits + self.pair_bias[:, component][:, :, component]  # (H, L, L) broadcast over N
@@ -128,6 +144,25 @@ class _NoFeatures(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.new_zeros(*features.shape[:-1], self.dim)
+
+
+def _trust(shown: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """n / (n + shrinkage): how much an id's (or a combination's) own parameters count, given n impressions."""
+    return shown / (shown + shrinkage) if shrinkage > 0 else (shown > 0).to(shown.dtype)
+
+
+_COMBINATION_MIX = torch.tensor([0x9E3779B97F4A7C15 - (1 << 64), 0x632BE59BD9B4E019, 0x7C159E3779B97F4B,
+                                 0x5851F42D4C957F2D, 0x2545F4914F6CDD1D, 0x14057B7EF767814F], dtype=torch.long)
+
+
+def combination_bucket(buckets: torch.Tensor, present: torch.Tensor, size: int) -> torch.Tensor:
+    """A hash of a combination: element id buckets (..., M) and presence (..., M) -> bucket in [0, size) (...).
+    Order-aware (component m's element is mixed with its own constant); absent components add nothing."""
+    M = buckets.shape[-1]
+    mix = _COMBINATION_MIX[torch.arange(M) % len(_COMBINATION_MIX)] + 2 * torch.arange(M)  # a distinct odd number each
+    h = torch.where(present, (buckets + 1) * mix, 0).sum(dim=-1)  # int64, wrapping
+    h = h ^ (h >> 29)
+    return torch.remainder(h * 0x2545F4914F6CDD1D, size)
 
 
 def linear(inputs: int, outputs: int, bias: bool = True) -> nn.Linear:
@@ -193,9 +228,19 @@ class GenCO(nn.Module):
         self.feature_proj = nn.ModuleList(_projection(schema.feature_dims[m], d) for m in schema.components)
         self.component = nn.Embedding(M, d)
         self.element_effect = nn.Embedding(schema.id_buckets, 1)  # what the features cannot see, per element
+        # Element identity as a vector added to the feature embedding, so that ids reach the cross-component
+        # attention and phi's pair term (id-only elements can interact). Shrunk by how often the id was shown in
+        # the training logs, n / (n + id_shrinkage): a rare or new id stays at what its features say.
+        self.id_vector = nn.Embedding(schema.id_buckets, d)
+        self.register_buffer("id_counts", torch.zeros(schema.id_buckets))  # impressions per id bucket (set by training)
+        # The bag's own effect (pairs and higher orders its instances cannot account for), keyed by a hash of its
+        # elements and shrunk the same way: a combination seen a few times stays at what its elements say.
+        self.combination_effect = nn.Embedding(schema.combination_buckets, 1)
+        self.register_buffer("combination_counts", torch.zeros(schema.combination_buckets))
         # generator: cross-component attention over every candidate, and how peaked pi is per component.
         # The policy gradient can sharpen pi here instead of inflating the scores phi shares with the reward model.
-        self.generator_attention = CrossAttention(d, c.heads, M, learned=c.attention, enabled=c.cross_component)
+        context = C if c.context_attention else 0
+        self.generator_attention = CrossAttention(d, c.heads, M, learned=c.attention, enabled=c.cross_component, context=context)
         self.log_sharpness = nn.Parameter(torch.zeros(M))
         self.phi = Phi(C, d, c.hidden, c.dropout)
         # the generator's own correction to phi, learned by the policy gradient alone (starts at zero)
@@ -203,15 +248,31 @@ class GenCO(nn.Module):
         nn.init.zeros_(self.policy_head[-1].weight)
         nn.init.zeros_(self.policy_head[-1].bias)
         # reward model: attention among the chosen elements, MIL attention pooling into the bag logit
-        self.bag_attention = CrossAttention(d, c.heads, M, learned=c.attention, enabled=c.cross_component)
+        self.bag_attention = CrossAttention(d, c.heads, M, learned=c.attention, enabled=c.cross_component, context=context)
         self.pool = nn.Sequential(nn.Linear(2 * d, d), nn.Tanh(), nn.Linear(d, 1))
         self.element_bias = nn.Parameter(torch.zeros(()))
         nn.init.zeros_(self.element_effect.weight)
+        nn.init.zeros_(self.id_vector.weight)
+        nn.init.zeros_(self.combination_effect.weight)
         nn.init.zeros_(self.ad_appeal.weight)
         nn.init.zeros_(self.pool[-1].weight)  # pooling starts uniform
         nn.init.constant_(self.appeal.bias, -3.0)  # clicks are rare: start near a few percent
 
     # -- encoders ------------------------------------------------------------------------------------------------
+
+    def count_ids(self, data: EncodedRows, rows: np.ndarray) -> None:
+        """Set id_counts and combination_counts: how often each element id bucket, and each combination, was shown
+        in `rows` of the training logs."""
+        shown = np.full((len(rows), len(self.schema.components)), -1, dtype=np.int64)  # (n, M) bucket shown, -1 none
+        for m, name in enumerate(self.schema.components):
+            column = data.columns[name]
+            at = column["shown"][rows]
+            has = at >= 0
+            shown[has, m] = column["table_bucket"][column["members"][column["offsets"][rows[has]] + at[has]]]
+        ids = shown[shown >= 0]
+        self.id_counts.copy_(torch.bincount(torch.from_numpy(ids), minlength=self.schema.id_buckets).float())
+        combos = combination_bucket(torch.from_numpy(shown), torch.from_numpy(shown >= 0), self.schema.combination_buckets)
+        self.combination_counts.copy_(torch.bincount(combos, minlength=self.schema.combination_buckets).float())
 
     def encode(self, batch: Batch) -> Encoded:
         context_in = torch.cat([batch.user, batch.ad], dim=1)  # (B, U + A)
@@ -224,11 +285,14 @@ class GenCO(nn.Module):
         h = self.context(h_in) + self.context_mlp(h_in)  # (B, C)
         e = torch.cat([proj(f) for proj, f in zip(self.feature_proj, batch.features)], dim=1)  # (B, T, d)
         e = e + self.component(batch.slot_component)
+        if self.config.id_vectors:
+            trust = _trust(self.id_counts[batch.element_bucket], self.config.id_shrinkage)  # (B, T)
+            e = e + trust[..., None] * self.id_vector(batch.element_bucket)  # (B, T, d)
         if self.config.element_ids:
             effect = self.element_effect(batch.element_bucket).squeeze(-1)  # (B, T)
         else:
             effect = torch.zeros(batch.mask.shape)
-        return Encoded(h=h, appeal=appeal, e=e, effect=effect, mask=batch.mask, slices=batch.slices,
+        return Encoded(h=h, appeal=appeal, e=e, effect=effect, mask=batch.mask, slices=batch.slices, bucket=batch.element_bucket,
                        slot_component=batch.slot_component)
 
     # -- generator -----------------------------------------------------------------------------------------------
@@ -242,7 +306,7 @@ class GenCO(nn.Module):
         """
         if generator_only:
             enc = enc.detached()
-        a = self.generator_attention(enc.e, enc.mask, enc.slot_component)  # (B, T, d)
+        a = self.generator_attention(enc.e, enc.mask, enc.slot_component, enc.h)  # (B, T, d)
         h = enc.h.unsqueeze(1).expand(-1, enc.e.shape[1], -1)  # (B, T, C)
         return self.generator_score(h, enc.e, a, enc.effect, generator_only)
 
@@ -343,7 +407,8 @@ class GenCO(nn.Module):
         B, K, M = combos.shape
         d = enc.e.shape[-1]
         e, slot, present = self.bags(enc, combos)  # (B, K, M, d), (B, K, M), (B, K, M)
-        a = self.bag_attention(e.view(B * K, M, d), present.view(B * K, M), torch.arange(M)).view(B, K, M, d)  # among the chosen
+        a = self.bag_attention(e.view(B * K, M, d), present.view(B * K, M), torch.arange(M),
+                               enc.h.repeat_interleave(K, dim=0)).view(B, K, M, d)  # among the chosen
         h = enc.h[:, None, None, :].expand(-1, K, M, -1)  # (B, K, M, C)
         effect = enc.effect.gather(1, slot.view(B, K * M)).view(B, K, M)
         s = self.phi(h, e, a, effect)  # (B, K, M) instance scores from the shared phi
@@ -353,6 +418,11 @@ class GenCO(nn.Module):
         else:
             alpha = present.float()  # uniform: the bag logit is the plain sum of instance scores
         creative = (alpha * s).masked_fill(~present, 0.0).sum(dim=-1)  # (B, K)
+        if self.config.combination_effects:
+            bucket = combination_bucket(enc.bucket.gather(1, slot.view(B, K * M)).view(B, K, M), present,
+                                        self.schema.combination_buckets)  # (B, K)
+            trust = _trust(self.combination_counts[bucket], self.config.combination_shrinkage)
+            creative = creative + trust * self.combination_effect(bucket).squeeze(-1)
         return creative, s, present
 
     def click_logit(self, enc: Encoded, combos: torch.Tensor) -> torch.Tensor:

@@ -44,9 +44,11 @@ class GenCOPolicy(Policy):
 
     def choose_by_sampling(self, requests: EncodedRows, *, seed: int = 0) -> Choices:
         """Greedy, but the best of the generator's 1 + K candidates as they come, without the coordinate ascent
-        on the reward model: what the generator itself finds (the policy gradient's doing)."""
+        (or the enumeration of small pools) on the reward model: what the generator itself finds (the policy
+        gradient's doing)."""
         assert self.model is not None, "fit first"
-        return choose(self.model, requests, greedy=True, config=replace(self.select_config, refine_passes=0), seed=seed)
+        alone = replace(self.select_config, refine_passes=0, enumerate_up_to=0)
+        return choose(self.model, requests, greedy=True, config=alone, seed=seed)
 
 
 GENCO_VARIANTS: dict[str, dict] = {
@@ -56,7 +58,7 @@ GENCO_VARIANTS: dict[str, dict] = {
     "genco-no-rl": {"rl": False},
     "genco-no-cross-component": {"cross_component": False},  # a diagnostic past the paper's ablations
     "genco-mean-baseline": {"rl_objective": "mean"},
-    "genco-sampling-only": {"refine_passes": 0},
+    "genco-sampling-only": {"refine_passes": 0, "enumerate_up_to": 0},
     "genco-one-reward-model": {"reward_models": 1},
     "genco-autoregressive": {"model_class": AutoregressiveGenCO},
 }

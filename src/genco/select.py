@@ -35,6 +35,7 @@ class SelectConfig:
     refine_starts: int = bounded(4, ge=1, le=MAX_K + 1)  # the best this many of the 1 + K candidates are each refined
     epsilon: float = bounded(0.05, ge=0, le=1)  # explore mode: share of uniform exploration per component
     batch_size: int = bounded(256, ge=1, le=1 << 16)  # requests per forward pass at most (fewer when K or pools are large)
+    enumerate_up_to: int = bounded(256, ge=0, le=4096)  # greedy: requests with at most this many combinations score them all
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -92,6 +93,31 @@ def refine(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, candid
     return combo.view(B, starts, M)[torch.arange(B), best], value
 
 
+def enumerate_small_pools(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, combo: torch.Tensor,
+                          best: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows whose pools make at most `limit` combinations get the reward model's exact argmax: every combination
+    scored (about what the search scores anyway), so higher-order effects no local search sees are found.
+    combo (B, M), best (B,) as the search left them; returns both, updated."""
+    counts = torch.stack([enc.mask[:, a:b].sum(dim=1) for a, b in enc.slices], dim=1)  # (B, M)
+    sizes = counts.clamp(min=1)
+    total = sizes.prod(dim=1)  # (B,)
+    small = (total <= limit).nonzero().squeeze(1)
+    if len(small) == 0:
+        return combo, best
+    sizes, total = sizes[small], total[small]
+    E = int(total.max())
+    strides = torch.cumprod(torch.cat([torch.ones(len(small), 1, dtype=torch.long), sizes[:, :-1]], dim=1), dim=1)
+    index = torch.arange(E)
+    every = (index[None, :, None] // strides[:, None, :]) % sizes[:, None, :]  # (S, E, M) mixed-radix positions
+    every = torch.where(counts[small][:, None, :] > 0, every, -1)
+    creative, _, _ = model.reward(enc.rows(small), every)  # (S, E)
+    creative = creative.masked_fill(index[None, :] >= total[:, None], float("-inf"))
+    value, at = creative.max(dim=1)
+    combo, best = combo.clone(), best.clone()
+    combo[small], best[small] = every[torch.arange(len(small)), at], value
+    return combo, best
+
+
 #: Floats one forward pass may hold (about 256 MB): batches shrink as K, the pools or the ensemble grow, so
 #: memory stays bounded whatever they are.
 CELL_BUDGET = 1 << 26
@@ -109,7 +135,7 @@ def rows_per_batch(model: GenCO | RewardEnsemble, data: EncodedRows, config: Sel
     width = 4 * c.dim + c.hidden + c.heads * M
     members = len(getattr(model, "members", [model]))
     per_row = members * max(c.heads * T * T + T * width,
-                            (1 + config.k) * M * width,
+                            (1 + max(config.k, config.enumerate_up_to)) * M * width,
                             min(config.refine_starts, 1 + config.k) * widest * M * width)
     return int(max(1, min(config.batch_size, CELL_BUDGET // per_row)))
 
@@ -138,6 +164,8 @@ def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, co
             else:
                 creative_best, best = creative.max(dim=1)
                 combo = candidates[torch.arange(batch.size), best]  # (B, M)
+            if config.enumerate_up_to > 1:
+                combo, creative_best = enumerate_small_pools(model, enc, combo, creative_best, config.enumerate_up_to)
             logit = enc.appeal + creative_best
             propensity = torch.ones(batch.size)
         else:
