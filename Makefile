@@ -25,6 +25,7 @@ bench-quick: install
 	$(BIN)/python benchmarks/read_throughput.py --quick
 	$(BIN)/python benchmarks/train_speed.py --quick
 	$(BIN)/python benchmarks/generator_objective.py --quick
+	$(BIN)/python benchmarks/variants.py --quick
 	$(BIN)/genco bench --quick --quiet --out reports/bench-quick
 
 bench: install

@@ -26,16 +26,19 @@ COMMANDS = {
     "train": (["--epochs", "1", "--reward-models", "1"],
               {"--epochs": ["1", "2"], "--seed": ["0", "5"], "--batch-size": ["1", "16", "4096"], "--lr": ["0.001", "0.05", "5"],
                "--k": ["2", "3"], "--rl-epochs": ["0", "1"], "--reward-models": ["1", "2"], "--rl-weight": ["0", "1"],
-               "--holdout": ["0", "0.5", "0.9"], "--dim": ["2", "8"], "--context-dim": ["1", "3"], "--max-candidates": ["9", "100"]}),
+               "--holdout": ["0", "0.5", "0.9"], "--dim": ["2", "8"], "--context-dim": ["1", "3"], "--max-candidates": ["9", "100"],
+               "--id-shrinkage": ["0", "3"], "--combination-shrinkage": ["0", "1000"]}),
     "select": ([], {"--k": ["0", "1", "5"], "--refine-passes": ["0", "1"], "--refine-starts": ["1", "3"],
-                    "--epsilon": ["0", "0.5", "1"], "--seed": ["0", "9"], "--max-candidates": ["100"]}),
+                    "--epsilon": ["0", "0.5", "1"], "--seed": ["0", "9"], "--max-candidates": ["100"],
+                    "--enumerate-up-to": ["0", "1", "4096"]}),
     "validate": ([], {"--max-candidates": ["1", "9", "100"]}),
     "serve": ([], {"--port": ["0"], "--max-requests": ["1", "10"], "--max-body-bytes": ["1024", "100000"],
                    "--max-candidates": ["10"], "--k": ["0", "4"], "--epsilon": ["0.1"], "--refine-starts": ["1"]}),
     "bench": (["--quick", "--policies", "random,counting", "--scenarios", "offline"],
               {"--seeds": ["1", "2"], "--impressions": ["1", "3", "50"]}),
 }
-FLOAT_FLAGS = {"--interaction", "--cold-share", "--lr", "--rl-weight", "--holdout", "--epsilon"}
+FLOAT_FLAGS = {"--interaction", "--cold-share", "--lr", "--rl-weight", "--holdout", "--epsilon", "--id-shrinkage",
+               "--combination-shrinkage"}
 
 
 @pytest.fixture(scope="module")

@@ -229,7 +229,8 @@ STRUCTURES: dict[str, dict[str, Any]] = {
     "dense, ids only": {"interaction_form": "dense", "features": "none"},
     "gated": {"interaction_form": "gated"},
     "gated, ids only": {"interaction_form": "gated", "features": "none"},
-    "table, ids only": {"interaction_form": "table", "features": "none"},
+    # one creative shown whole, as in the published table of real CTRs the form is shaped after
+    "table, one creative": {"interaction_form": "table", "features": "none", "ads": 1},
 }
 
 

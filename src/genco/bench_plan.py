@@ -70,7 +70,7 @@ class BenchPlan:
                        impressions=impressions or 4_000, requests=300, interaction=[0.0, 2.0], candidates=[5, 30],
                        log_sizes=[2_000, 8_000], loop=bench.LoopConfig(warm_start=1_000, rounds=2, per_round=1_000),
                        scaling_sizes=[5, 30], candidates_impressions=impressions or 4_000, candidates_requests=300, scaling_impressions=2_000,
-                       cold_start_seeds=[1], structures=["dense, ids only", "table, ids only"], options={"epochs": 2}, chosen_policies=bool(policies), fixed_world=fixed_world)
+                       cold_start_seeds=[1], structures=["dense, ids only", "table, one creative"], options={"epochs": 2}, chosen_policies=bool(policies), fixed_world=fixed_world)
         return cls(policies=policies or ALL, scenarios=scenarios, seeds=list(range(1, seeds + 1)), sweep_seeds=[1],
                    impressions=impressions or 50_000, requests=1_000, interaction=[0.0, 1.0, 2.0],
                    candidates=[5, 15, 50, 150], log_sizes=[10_000, 50_000, 100_000],

@@ -204,6 +204,10 @@ def train(
     no_cross_component: Annotated[bool, typer.Option("--no-cross-component", help="Diagnostic: no cross-component vector at all (every element scored alone; the paper's ablations keep it).")] = False,
     no_mil: Annotated[bool, typer.Option("--no-mil", help="Ablation: combination loss only, no element-level term.")] = False,
     no_rl: Annotated[bool, typer.Option("--no-rl", help="Ablation: no policy-gradient term.")] = False,
+    id_shrinkage: Annotated[float, typer.Option(help="Impressions at which an element id's own vector counts half (n / (n + this)): rare ids stay at what their features say.")] = 10.0,
+    combination_shrinkage: Annotated[float, typer.Option(help="Impressions at which a whole combination's own effect counts half.")] = 50.0,
+    no_id_vectors: Annotated[bool, typer.Option("--no-id-vectors", help="Element ids give a scalar effect only, no vector in the embedding (ids cannot interact).")] = False,
+    no_combination_effects: Annotated[bool, typer.Option("--no-combination-effects", help="No effect per whole combination: the bag logit is its instances' alone.")] = False,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
     k: Annotated[int, typer.Option("--k", help=f"Combinations sampled per context for the policy gradient (2 to {MAX_K}); each is credited with what it adds to the best of the K.")] = 16,
@@ -226,7 +230,9 @@ def train(
 
     console.set_quiet(quiet)
     model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention,
-                               cross_component=not no_cross_component)
+                               cross_component=not no_cross_component, id_vectors=not no_id_vectors,
+                               id_shrinkage=id_shrinkage, combination_effects=not no_combination_effects,
+                               combination_shrinkage=combination_shrinkage)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
                                reward_models=reward_models, rl_objective=rl_objective.value)
@@ -255,6 +261,7 @@ SelectK = Annotated[int, typer.Option("--k", help=f"Combinations sampled and sco
 RefinePasses = Annotated[int, typer.Option(help="Coordinate-ascent passes on the reward model after sampling (greedy mode).")]
 RefineStarts = Annotated[int, typer.Option(help="Greedy mode: coordinate ascent starts from this many of the best candidates.")]
 Epsilon = Annotated[float, typer.Option(help="Explore mode: share of uniform exploration per component, in [0, 1].")]
+EnumerateUpTo = Annotated[int, typer.Option(help="Greedy mode: requests whose pools make at most this many combinations get the reward model's exact argmax (0: never).")]
 
 
 @app.command()
@@ -267,6 +274,7 @@ def select(
     refine_passes: RefinePasses = 2,
     refine_starts: RefineStarts = 4,
     epsilon: Epsilon = 0.05,
+    enumerate_up_to: EnumerateUpTo = 256,
     seed: Annotated[int, typer.Option(help="Random seed for sampling (explore mode; greedy answers do not depend on it).")] = 0,
     max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
     on_bad_row: OnBadRow = OnBadRowChoice.error,
@@ -277,7 +285,8 @@ def select(
     from genco.select import SelectConfig, select_file
 
     console.set_quiet(quiet)
-    config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon)
+    config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon,
+                          enumerate_up_to=enumerate_up_to)
     check_value("seed", seed, SEED_RANGE, integer=True)
     limits = Limits(max_candidates=max_candidates)
     loaded, _ = load_model(model)
@@ -295,6 +304,7 @@ def serve(
     refine_passes: RefinePasses = 2,
     refine_starts: RefineStarts = 4,
     epsilon: Epsilon = 0.05,
+    enumerate_up_to: EnumerateUpTo = 256,
     max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
     max_requests: Annotated[int, typer.Option(help="Request rows one POST /v1/select may hold (more: 413).")] = Limits.max_requests,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes (larger: 413, before it is read).")] = Limits.max_body_bytes,
@@ -304,7 +314,8 @@ def serve(
     from genco.serve import ServeConfig, run_server
 
     config = ServeConfig(host=host, port=port)
-    select_config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon)
+    select_config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon,
+                                 enumerate_up_to=enumerate_up_to)
     limits = Limits(max_candidates=max_candidates, max_requests=max_requests, max_body_bytes=max_body_bytes)
     run_server(model, config, select_config, limits)
 
