@@ -44,6 +44,8 @@ CASES = [
     ("wrong-type", _mutate("ad_id", 17)),
     ("non-finite-number", _mutate("components.image.0.features", [0.5, math.nan, 0.9])),
     ("non-finite-number", _mutate("user", [math.inf, 0.2])),
+    ("feature-range", _mutate("user", [1e13, 0.2])),
+    ("feature-range", _mutate("components.image.0.features", [0.5, -3.4028235e38, 0.9])),
     ("no-components", _mutate("components", {})),
     ("empty-candidates", {**_mutate("components.title", []), "shown": {"image": "i-1"}}),
     ("duplicate-element-id", _mutate("components.title.1.id", "t-1")),

@@ -49,6 +49,16 @@ def test_non_finite_numbers_are_422_naming_the_field(server, requests, literal, 
     assert detail["type"] == "non-finite-number" and detail["loc"] == want
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_features_past_float32_range_are_422_not_a_nan_answer(server, requests, greedy):
+    request = copy.deepcopy(requests[0])
+    request["user"][0] = 3.4028235677973366e38  # finite, but its products overflow float32
+    response = server.post("/v1/select", json.dumps({"requests": [request], "greedy": greedy}).encode())
+    assert response.status_code == 422, response.text
+    detail = _detail(response)
+    assert detail["type"] == "feature-range" and detail["loc"] == ["body", "requests", 0, "user", 0]
+
+
 def test_no_requests_is_an_empty_answer(server):
     response = server.select([])
     assert response.status_code == 200, response.text

@@ -47,6 +47,7 @@ RULES: dict[str, str] = {
     "missing-field": "a required field is missing",
     "wrong-type": "a field has the wrong type",
     "non-finite-number": "features and scores must be finite numbers (no NaN or infinity)",
+    "feature-range": "feature values must lie within +-1e12 (genco computes in float32)",
     "no-components": "a row needs at least one component",
     "empty-candidates": "a component needs at least one candidate",
     "too-many-candidates": "a component has more candidates than the configured limit",
@@ -101,7 +102,11 @@ def _check_revenue(value: float | None) -> float | None:
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Features = list[FiniteFloat]
+#: The largest feature magnitude a row may hold. Models compute in float32, where products of two values past
+#: about 1e19 overflow to infinity and turn scores and propensities into NaN; 1e12 leaves room for millisecond
+#: timestamps and prices in cents while keeping every product finite.
+MAX_FEATURE_ABS = 1e12
+Features = list[Annotated[float, Field(allow_inf_nan=False, ge=-MAX_FEATURE_ABS, le=MAX_FEATURE_ABS)]]
 
 
 class _Row(BaseModel):
@@ -229,6 +234,8 @@ def rule_of(error: dict[str, Any]) -> tuple[str, str]:
         return "propensity-range", f"propensity must be in (0, 1], got {got}"
     if kind == "finite_number":
         return "non-finite-number", f"{where}: {msg}, got {got}"
+    if kind in ("greater_than_equal", "less_than_equal") and loc and loc[0] in ("user", "ad", "components"):
+        return "feature-range", f"{where}: {got} is outside +-{MAX_FEATURE_ABS:.0e} (genco computes in float32)"
     return "wrong-type", f"{where}: {msg}, got {got}"
 
 
