@@ -79,3 +79,20 @@ def test_small_pools_get_the_reward_models_exact_argmax(model_and_data):
         assert torch.equal(combo[r], every[0, int(scores.argmax())])
     chosen = choose(model, data, greedy=True, config=SelectConfig(enumerate_up_to=4096))
     assert np.array_equal(chosen.positions, combo.numpy())
+
+
+@torch.no_grad()
+def test_context_aware_attention_gives_each_bag_its_own_requests_context():
+    torch.manual_seed(0)
+    data = encode(_rows(12, seed=3))
+    model = GenCO(data.schema, ModelConfig(dim=8, heads=2, hidden=8, context_attention=True)).eval()
+    for attention in (model.bag_attention, model.generator_attention):
+        attention.context_query.weight.normal_()  # starts at zero: make the context matter
+    enc = model.encode(collate(data, np.arange(len(data))))
+    combos = model.sample(model.log_pi(model.policy_scores(enc), enc), enc, 5, torch.Generator().manual_seed(1))  # (B, 5, M)
+    together, _, _ = model.reward(enc, combos)  # (B, 5)
+    for r in range(len(data)):
+        alone, _, _ = model.reward(enc.rows(torch.tensor([r])), combos[r : r + 1])
+        assert torch.allclose(together[r], alone[0], atol=1e-5)
+    model.bag_attention.context_query.weight.zero_()
+    assert not torch.allclose(model.reward(enc, combos)[0], together), "the context moved the scores"

@@ -58,7 +58,7 @@ class _Accumulator:
 
     def add(self, attention: CrossAttention, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor,
             context: torch.Tensor) -> None:
-        """x (N, L, d) items, mask (N, L) valid, component (L,) of each item, context (N, C)."""
+        """x (N, L, d) items, mask (N, L) valid, component (L,) of each item, context (n, C) per request."""
         weights, _ = attention.weights(x, mask, component, context)
         w = weights.mean(dim=1)  # (N, L, L) mean over heads
         onehot = torch.nn.functional.one_hot(component, self.M).to(w.dtype)  # (L, M)
@@ -99,6 +99,5 @@ def attention_map(model, requests: EncodedRows, *, rows: np.ndarray | None = Non
                 uniform = member.log_pi(torch.zeros_like(enc.effect), enc)  # (B, T) every candidate alike
                 combos = member.sample(uniform, enc, bags_per_request, draw)  # (B, K, M)
             e, _, present = member.bags(enc, combos)  # (B, K, M, d), (B, K, M)
-            bag[k].add(member.bag_attention, e.flatten(0, 1), present.flatten(0, 1), torch.arange(M),
-                       enc.h.repeat_interleave(combos.shape[1], dim=0))
+            bag[k].add(member.bag_attention, e.flatten(0, 1), present.flatten(0, 1), torch.arange(M), enc.h)
     return AttentionMap(list(names), np.mean([acc.grid() for acc in bag], axis=0), pool.grid())

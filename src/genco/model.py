@@ -110,7 +110,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:
-        N, L, d = x.shape  # x (N, L, d), mask (N, L), component (L,): the component of each item; context (N, C)
+        N, L, d = x.shape  # x (N, L, d), mask (N, L), component (L,): the component of each item; context (n, C)
         if not self.enabled:  # no cross-component vector at all: every item is scored on its own
             return x.new_zeros(N, L, d)
         weights, v = self.weights(x, mask, component, context)  # (N, H, L, L), (N, H, L, dh)
@@ -119,11 +119,13 @@ class CrossAttention(nn.Module):
     def weights(self, x: torch.Tensor, mask: torch.Tensor, component: torch.Tensor,
                 context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention weights (N, H, L, L), each row summing to 1 over the valid items of the other components
-        (0 for a row with none), and the values (N, H, L, dh). Kept apart from forward for genco.attention_map."""
+        (0 for a row with none), and the values (N, H, L, dh). Kept apart from forward for genco.attention_map.
+        context (n, C): one per request, N / n sets of items in a row each (a request's K bags)."""
         N, L, d = x.shape
         q, k, v = self.qkv(x).view(N, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (N, H, L, dh) each
         if self.context_query is not None and context is not None:
-            q = q + self.context_query(context).view(N, self.heads, 1, d // self.heads)
+            query = self.context_query(context).repeat_interleave(N // len(context), dim=0)  # (N, d)
+            q = q + query.view(N, self.heads, 1, d // self.heads)
         if self.learned:
             logits = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (N, H, L, L)
             logits = logits + self.pair_bias[:, component][:, :, component]  # (H, L, L) broadcast over N
@@ -407,8 +409,7 @@ class GenCO(nn.Module):
         B, K, M = combos.shape
         d = enc.e.shape[-1]
         e, slot, present = self.bags(enc, combos)  # (B, K, M, d), (B, K, M), (B, K, M)
-        a = self.bag_attention(e.view(B * K, M, d), present.view(B * K, M), torch.arange(M),
-                               enc.h.repeat_interleave(K, dim=0)).view(B, K, M, d)  # among the chosen
+        a = self.bag_attention(e.view(B * K, M, d), present.view(B * K, M), torch.arange(M), enc.h).view(B, K, M, d)  # among the chosen
         h = enc.h[:, None, None, :].expand(-1, K, M, -1)  # (B, K, M, C)
         effect = enc.effect.gather(1, slot.view(B, K * M)).view(B, K, M)
         s = self.phi(h, e, a, effect)  # (B, K, M) instance scores from the shared phi

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -299,7 +298,7 @@ class _Epochs:
         label = stage if member == 0 and stage == "generator" else f"{stage} {member + 1}"
         for epoch in range(1, max_epochs + 1):
             began = time.perf_counter()
-            sums = defaultdict(float, {"total": 0.0, "comb": 0.0, "elem": 0.0, "rl": 0.0})
+            sums = {"total": 0.0, "comb": 0.0, "elem": 0.0, "rl": 0.0}
             steps = 0
             with console.progress(f"{label} epoch {epoch}", -(-len(rows) // self.batch_size)) as bar:
                 for idx in batch_indices(len(rows), self.batch_size, shuffle=True, seed=seed * 1000 + epoch):
