@@ -42,6 +42,27 @@ def test_python_api(model_and_requests):
     assert np.array_equal(choose(model, reverse, greedy=True, seed=3).positions, reference[::-1])
 
 
+@pytest.mark.parametrize("mode", ["best-of-k", "argmax"])
+def test_every_serving_mode_is_greedy(model_and_requests, mode):
+    model, requests = model_and_requests
+    data = encode(requests, model.schema)
+    reference = choose(model, data, greedy=True, seed=0, config=SelectConfig(mode=mode)).positions
+    got = choose(model, data, greedy=True, seed=5, config=SelectConfig(mode=mode, batch_size=7)).positions
+    assert np.array_equal(got, reference)
+
+
+def test_modes_trade_search_for_time_in_order(model_and_requests):
+    """The reward model's score of what each mode answers: the search's at least best-of-K's, and that at
+    least the generator's argmax's (best-of-K scores the argmax too)."""
+    model, requests = model_and_requests
+    data = encode(requests, model.schema)
+    score = {mode: choose(model, data, greedy=True, config=SelectConfig(mode=mode)).score
+             for mode in ("search", "best-of-k", "argmax")}
+    assert np.all(score["search"] >= score["best-of-k"] - 1e-6)
+    assert np.all(score["best-of-k"] >= score["argmax"] - 1e-6)
+    assert (score["search"] > score["argmax"] + 1e-6).any()
+
+
 def test_explore_still_depends_on_the_seed(model_and_requests):
     model, requests = model_and_requests
     data = encode(requests, model.schema)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from genco.attribution import element_attribution
 from genco.attribution import summary as attribution_summary
@@ -246,21 +248,21 @@ def test_bad_model_folders_are_clear_errors(train_world, trained, tmp_path):
     (bad_weights / "genco.json").write_text((tmp_path / "good" / "genco.json").read_text())
     (bad_weights / "model.safetensors").write_bytes(b"\x00" * 100)
     cases["bad-weights"] = bad_weights
-    mismatch = tmp_path / "mismatch"
-    mismatch.mkdir()
-    meta = json.loads((tmp_path / "good" / "genco.json").read_text())
-    meta["model_config"]["dim"] = 16
-    (mismatch / "genco.json").write_text(json.dumps(meta))
-    (mismatch / "model.safetensors").write_bytes((tmp_path / "good" / "model.safetensors").read_bytes())
-    cases["mismatch"] = mismatch
-    for members in (1, 3):  # the weights hold 2 reward models
-        wrong = tmp_path / f"{members}-members"
-        wrong.mkdir()
+    weights = load_file(str(tmp_path / "good" / "model.safetensors"))
+
+    def described(name: str, edit) -> Path:
+        """The good weights under a description edited by `edit`, in the weights file's header as genco writes it."""
+        folder = tmp_path / name
+        folder.mkdir()
         meta = json.loads((tmp_path / "good" / "genco.json").read_text())
-        meta["ensemble"]["members"] = members
-        (wrong / "genco.json").write_text(json.dumps(meta))
-        (wrong / "model.safetensors").write_bytes((tmp_path / "good" / "model.safetensors").read_bytes())
-        cases[f"{members}-members"] = wrong
+        edit(meta)
+        save_file(weights, str(folder / "model.safetensors"), metadata={"genco": json.dumps(meta)})
+        return folder
+
+    cases["mismatch"] = described("mismatch", lambda meta: meta["model_config"].update(dim=16))
+    cases["future"] = described("future", lambda meta: meta.update(version=99))
+    for members in (1, 3):  # the weights hold 2 reward models
+        cases[f"{members}-members"] = described(f"{members}-members", lambda meta: meta["ensemble"].update(members=members))
     for name, folder in cases.items():
         with pytest.raises(GencoInputError):
             load_model(folder)
@@ -268,6 +270,21 @@ def test_bad_model_folders_are_clear_errors(train_world, trained, tmp_path):
         assert result_cli.returncode == 2, name
         assert str(folder) in result_cli.stderr and "Traceback" not in result_cli.stderr, name
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_a_version_2_folder_still_loads_from_its_genco_json(trained, tmp_path):
+    """Before version 3 the description lived in genco.json alone."""
+    _, result = trained
+    save_trained(result, tmp_path / "new", TrainConfig())
+    old = tmp_path / "old"
+    old.mkdir()
+    save_file(load_file(str(tmp_path / "new" / "model.safetensors")), str(old / "model.safetensors"))
+    meta = json.loads((tmp_path / "new" / "genco.json").read_text())
+    (old / "genco.json").write_text(json.dumps({**meta, "version": 2}))
+    model, loaded = load_model(old)
+    assert loaded["version"] == 2 and loaded["model_version"].startswith("old@")
+    for name, value in load_model(tmp_path / "new")[0].state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
 
 
 def test_best_of_k_credit_goes_to_the_best_sample_only():

@@ -11,7 +11,7 @@ import torch
 
 from genco.data import collate, encode
 from genco.model import GenCO, ModelConfig, combination_bucket
-from genco.select import SelectConfig, choose, enumerate_small_pools
+from genco.select import SelectConfig, choose, exact_argmax
 from tests.test_model import _rows
 
 
@@ -68,9 +68,7 @@ def test_small_pools_get_the_reward_models_exact_argmax(model_and_data):
     model.eval()
     batch = collate(data, np.arange(len(data)))
     enc = model.encode(batch)
-    start = model.greedy(model.log_pi(model.policy_scores(enc), enc), enc)  # (B, M)
-    value, _, _ = model.reward(enc, start[:, None, :])
-    combo, best = enumerate_small_pools(model, enc, start, value[:, 0], limit=4096)
+    combo, best = exact_argmax(model, enc)
     for r in range(len(data)):
         pools = [range(int(batch.mask[r, a:b].sum())) or [-1] for a, b in batch.slices]
         every = torch.tensor(list(itertools.product(*pools)))[None]  # (1, C, M)

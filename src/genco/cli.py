@@ -22,6 +22,7 @@ from genco.contract import DEFAULT_MAX_CANDIDATES, Limits
 from genco.errors import GencoInputError
 from genco.files import json_text, output_folder
 from genco.options import MAX_K, SEED_MAX, OptionError, Range, check_value
+from genco.serve_config import ServeConfig
 
 SEED_RANGE = Range(0, SEED_MAX)
 
@@ -261,7 +262,16 @@ SelectK = Annotated[int, typer.Option("--k", help=f"Combinations sampled and sco
 RefinePasses = Annotated[int, typer.Option(help="Coordinate-ascent passes on the reward model after sampling (greedy mode).")]
 RefineStarts = Annotated[int, typer.Option(help="Greedy mode: coordinate ascent starts from this many of the best candidates.")]
 Epsilon = Annotated[float, typer.Option(help="Explore mode: share of uniform exploration per component, in [0, 1].")]
-EnumerateUpTo = Annotated[int, typer.Option(help="Greedy mode: requests whose pools make at most this many combinations get the reward model's exact argmax (0: never).")]
+EnumerateUpTo = Annotated[int, typer.Option(help="Search mode: requests whose pools make at most this many combinations get the reward model's exact argmax (0: never).")]
+
+
+class ModeChoice(str, Enum):
+    search = "search"
+    best_of_k = "best-of-k"
+    argmax = "argmax"
+
+
+Mode = Annotated[ModeChoice, typer.Option(help="Greedy answers: search (best of the generator's 1 + K by the reward model, refined by coordinate ascent; the most thorough), best-of-k (no ascent) or argmax (the generator's most likely combination alone; the fastest). README, *Serving*, gives each one's cost and quality.")]
 
 
 @app.command()
@@ -270,6 +280,7 @@ def select(
     requests: Annotated[Path, typer.Option(help="Request rows (a file or a folder).")],
     out: Annotated[Path, typer.Option(help="Selection rows to write, one per request, same order.")],
     greedy: Annotated[bool, typer.Option("--greedy/--explore", help="Greedy: the best combination found, the same for the same request whatever the seed (propensity 1). Explore: a sample from the policy with its propensity.")] = False,
+    mode: Mode = ModeChoice.search,
     k: SelectK = 16,
     refine_passes: RefinePasses = 2,
     refine_starts: RefineStarts = 4,
@@ -285,7 +296,7 @@ def select(
     from genco.select import SelectConfig, select_file
 
     console.set_quiet(quiet)
-    config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon,
+    config = SelectConfig(mode=mode.value, k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon,
                           enumerate_up_to=enumerate_up_to)
     check_value("seed", seed, SEED_RANGE, integer=True)
     limits = Limits(max_candidates=max_candidates)
@@ -297,9 +308,10 @@ def select(
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Option(help="A model folder written by `genco train`.")],
+    model: Annotated[Path, typer.Option(help="A model folder written by `genco train`. A new model written into it (genco train --out) is served without a restart.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed at start).")] = 8000,
+    mode: Mode = ModeChoice.search,
     k: SelectK = 16,
     refine_passes: RefinePasses = 2,
     refine_starts: RefineStarts = 4,
@@ -308,16 +320,45 @@ def serve(
     max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
     max_requests: Annotated[int, typer.Option(help="Request rows one POST /v1/select may hold (more: 413).")] = Limits.max_requests,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body in bytes (larger: 413, before it is read).")] = Limits.max_body_bytes,
+    batch_window_ms: Annotated[float, typer.Option(help="Concurrent calls are answered together: once one is queued, wait this long for more (0: take only what is already waiting).")] = ServeConfig.batch_window_ms,
+    max_batch: Annotated[int, typer.Option(help="Requests one batch gathers at most (a single call may hold more).")] = ServeConfig.max_batch,
+    workers: Annotated[int, typer.Option(help="Server processes sharing the port, each with its own model copy and batcher.")] = ServeConfig.workers,
+    threads: Annotated[int, typer.Option(help="Torch threads per process (0: the cores, divided among the workers).")] = ServeConfig.threads,
+    reload_seconds: Annotated[float, typer.Option(help="How often the model folder is checked for a new model (0: never).")] = ServeConfig.reload_seconds,
+    log_decisions: Annotated[Optional[Path], typer.Option(help="Write every served decision to this folder as a log row without its click (rotating files, each published whole); `genco join` adds the clicks.")] = None,
+    rotate_rows: Annotated[int, typer.Option(help="Decision rows per file at most.")] = ServeConfig.rotate_rows,
+    rotate_seconds: Annotated[float, typer.Option(help="A decision file is published once it is this old, full or not.")] = ServeConfig.rotate_seconds,
 ) -> None:
     """Serve selections over HTTP: POST /v1/select, GET /healthz, GET /metrics (CONTRACT.md section 3)."""
     from genco.select import SelectConfig
-    from genco.serve import ServeConfig, run_server
+    from genco.serve import run_server
 
-    config = ServeConfig(host=host, port=port)
-    select_config = SelectConfig(k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon,
+    config = ServeConfig(host=host, port=port, batch_window_ms=batch_window_ms, max_batch=max_batch, workers=workers,
+                         threads=threads, reload_seconds=reload_seconds,
+                         log_decisions=None if log_decisions is None else str(log_decisions),
+                         rotate_rows=rotate_rows, rotate_seconds=rotate_seconds)
+    select_config = SelectConfig(mode=mode.value, k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon,
                                  enumerate_up_to=enumerate_up_to)
     limits = Limits(max_candidates=max_candidates, max_requests=max_requests, max_body_bytes=max_body_bytes)
     run_server(model, config, select_config, limits)
+
+
+@app.command()
+def join(
+    decisions: Annotated[Path, typer.Option(help="A decision-log folder written by `genco serve --log-decisions` (or a file of decision rows).")],
+    clicks: Annotated[Path, typer.Option(help="Click events: rows with the request_id of a served decision and optionally revenue (.jsonl, .jsonl.gz, .parquet, or a folder).")],
+    out: Annotated[Path, typer.Option(help="Log rows to write, ready for `genco train`: click 1 where a click event names the decision, else 0.")],
+    quiet: Quiet = False,
+) -> None:
+    """Join click events into served decisions: the log of what was served, for the next `genco train`."""
+    from genco.decisions import join as join_decisions
+
+    console.set_quiet(quiet)
+    report = join_decisions(decisions, clicks, out)
+    if report.unfinished_files:
+        console.warn(f"{decisions}: {report.unfinished_files} decision file(s) still open (a running server's, or a "
+                     "killed one's) were not read")
+    console.out.print(f"wrote {out}: " + json_text(report.summary()), soft_wrap=True)
 
 
 @app.command()

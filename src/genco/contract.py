@@ -19,8 +19,8 @@ from pydantic_core import PydanticCustomError
 from genco.errors import BadRowError, ItemLocation, Location
 from genco.options import bounded, check_options
 
-Kind = Literal["requests", "logs", "selections"]
-KINDS: tuple[Kind, ...] = ("requests", "logs", "selections")
+Kind = Literal["requests", "logs", "selections", "decisions", "clicks"]
+KINDS: tuple[Kind, ...] = ("requests", "logs", "selections")  # what `genco validate` reads; the others `genco join` reads
 
 #: Default cap on candidates per component. Real catalogs have 1 to 100+; the cap only exists so that a
 #: broken upstream (a whole catalog pasted into one row) fails loudly instead of exhausting memory.
@@ -174,6 +174,30 @@ class LogRow(Request):
         return self
 
 
+class Decision(Request):
+    """A decision `genco serve --log-decisions` recorded: the request, what was shown with its propensity, which
+    model answered and when (UTC, ISO 8601). A log row but for the click, which `genco join` adds."""
+
+    shown: dict[str, str]
+    propensity: Annotated[float, AfterValidator(_check_propensity)]
+    model_version: str
+    served_at: str
+    score: FiniteFloat | None = None
+
+    @model_validator(mode="after")
+    def _shown_is_a_combination(self) -> "Decision":
+        check_combination(self, self.shown, "shown")
+        return self
+
+
+class ClickEvent(_Row):
+    """A click on a served ad, as the ad server's click tracker reports it: the request_id of the decision, and
+    optionally what the click earned. A request clicked twice is one click."""
+
+    request_id: str
+    revenue: Annotated[FiniteFloat | None, AfterValidator(_check_revenue)] = None
+
+
 class Selection(_Row):
     """genco's answer for one request: one element id per component, its score and propensity."""
 
@@ -205,7 +229,8 @@ def check_combination(request: Request, combination: dict[str, str], field: Lite
         raise _custom(problem[0], problem[1])
 
 
-MODELS: dict[Kind, type[_Row]] = {"requests": Request, "logs": LogRow, "selections": Selection}
+MODELS: dict[Kind, type[_Row]] = {"requests": Request, "logs": LogRow, "selections": Selection, "decisions": Decision,
+                                   "clicks": ClickEvent}
 
 
 def _path(loc: tuple[Any, ...]) -> str:

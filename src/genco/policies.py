@@ -43,11 +43,11 @@ class GenCOPolicy(Policy):
         return choose(self.model, requests, greedy=greedy, config=self.select_config, seed=seed)
 
     def choose_by_sampling(self, requests: EncodedRows, *, seed: int = 0) -> Choices:
-        """Greedy, but the best of the generator's 1 + K candidates as they come, without the coordinate ascent
-        (or the enumeration of small pools) on the reward model: what the generator itself finds (the policy
-        gradient's doing)."""
+        """Greedy, but the best of the generator's 1 + K candidates as they come (mode best-of-k), without the
+        coordinate ascent (or the enumeration of small pools) on the reward model: what the generator itself
+        finds (the policy gradient's doing)."""
         assert self.model is not None, "fit first"
-        alone = replace(self.select_config, refine_passes=0, enumerate_up_to=0)
+        alone = replace(self.select_config, mode="best-of-k")
         return choose(self.model, requests, greedy=True, config=alone, seed=seed)
 
 
@@ -58,7 +58,8 @@ GENCO_VARIANTS: dict[str, dict] = {
     "genco-no-rl": {"rl": False},
     "genco-no-cross-component": {"cross_component": False},  # a diagnostic past the paper's ablations
     "genco-mean-baseline": {"rl_objective": "mean"},
-    "genco-sampling-only": {"refine_passes": 0, "enumerate_up_to": 0},
+    "genco-sampling-only": {"mode": "best-of-k"},  # serving without the search: the best of the generator's K
+    "genco-argmax": {"mode": "argmax"},  # serving the generator's most likely combination alone
     "genco-one-reward-model": {"reward_models": 1},
     "genco-autoregressive": {"model_class": AutoregressiveGenCO},
 }

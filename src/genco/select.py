@@ -1,10 +1,18 @@
 """Serving decisions: generate K combinations, score them with the reward model, answer one.
 
-Greedy mode: the generator's most likely combination plus K samples, all scored by the reward model; the
-best few are then refined by a few passes of coordinate ascent on the reward model (each component re-chosen
-given the others; cost grows with the sum of the pool sizes, never their product), and the best result is
-answered. Several starting points, because pairwise interactions give the reward model local optima that one
-ascent can stop in. Propensity 1.
+Greedy answers (propensity 1) come in three modes, from the most thorough to the cheapest:
+
+- `search`: the generator's most likely combination plus K samples, all scored by the reward model; the
+  best few are then refined by a few passes of coordinate ascent on the reward model (each component
+  re-chosen given the others; cost grows with the sum of the pool sizes, never their product), and the best
+  result is answered. Several starting points, because pairwise interactions give the reward model local
+  optima that one ascent can stop in. Requests whose pools make at most `enumerate_up_to` combinations get
+  the reward model's exact argmax instead (every combination scored), so higher orders no local search sees
+  are found.
+- `best-of-k`: the generator's most likely combination plus K samples, scored by the reward model; the best
+  is answered. No ascent: the generator, trained to make the best of K good, does the search.
+- `argmax`: the generator's most likely combination alone; the reward model only prices it (the score).
+
 Explore mode: one combination sampled from pi mixed with a little uniform exploration per component, with
 its exact propensity, so that served traffic is a valid log for the next round of training.
 """
@@ -21,24 +29,30 @@ from genco.contract import DEFAULT_MAX_CANDIDATES, Request, Selection
 from genco.data import EncodedRows, batch_indices, collate, encode, selections_at
 from genco.model import Encoded, GenCO
 from genco.noise import RequestNoise
-from genco.options import MAX_K, bounded, check_options
+from genco.options import MAX_K, OptionError, bounded, check_options
 
 if TYPE_CHECKING:
     from genco.ensemble import EnsembleEncoded, RewardEnsemble
     from genco.files import ReadReport
 
 
+MODES = ("search", "best-of-k", "argmax")
+
+
 @dataclass
 class SelectConfig:
+    mode: str = "search"  # greedy answers: one of MODES (see the module's docstring)
     k: int = bounded(16, ge=0, le=MAX_K)  # samples scored per request
     refine_passes: int = bounded(2, ge=0, le=100)  # coordinate-ascent passes on the reward model (0: sampling alone)
     refine_starts: int = bounded(4, ge=1, le=MAX_K + 1)  # the best this many of the 1 + K candidates are each refined
     epsilon: float = bounded(0.05, ge=0, le=1)  # explore mode: share of uniform exploration per component
     batch_size: int = bounded(256, ge=1, le=1 << 16)  # requests per forward pass at most (fewer when K or pools are large)
-    enumerate_up_to: int = bounded(256, ge=0, le=4096)  # greedy: requests with at most this many combinations score them all
+    enumerate_up_to: int = bounded(256, ge=0, le=4096)  # search: requests with at most this many combinations score them all
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.mode not in MODES:
+            raise OptionError("mode", " or ".join(repr(m) for m in MODES), self.mode)
 
 
 @dataclass
@@ -93,29 +107,56 @@ def refine(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, candid
     return combo.view(B, starts, M)[torch.arange(B), best], value
 
 
-def enumerate_small_pools(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, combo: torch.Tensor,
-                          best: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows whose pools make at most `limit` combinations get the reward model's exact argmax: every combination
-    scored (about what the search scores anyway), so higher-order effects no local search sees are found.
-    combo (B, M), best (B,) as the search left them; returns both, updated."""
-    counts = torch.stack([enc.mask[:, a:b].sum(dim=1) for a, b in enc.slices], dim=1)  # (B, M)
-    sizes = counts.clamp(min=1)
+def pool_sizes(enc: Encoded | EnsembleEncoded) -> torch.Tensor:
+    """Candidates of every component of every row (0 where the row lacks it): (B, M)."""
+    return torch.stack([enc.mask[:, a:b].sum(dim=1) for a, b in enc.slices], dim=1)
+
+
+def exact_argmax(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reward model's best combination of every row, every combination scored: (B, M), creative logit (B,).
+    For small pools only: the cost is the product of the pool sizes."""
+    counts = pool_sizes(enc)  # (B, M)
+    sizes = counts.clamp(min=1)  # an absent component is one choice
     total = sizes.prod(dim=1)  # (B,)
-    small = (total <= limit).nonzero().squeeze(1)
-    if len(small) == 0:
-        return combo, best
-    sizes, total = sizes[small], total[small]
-    E = int(total.max())
-    strides = torch.cumprod(torch.cat([torch.ones(len(small), 1, dtype=torch.long), sizes[:, :-1]], dim=1), dim=1)
-    index = torch.arange(E)
-    every = (index[None, :, None] // strides[:, None, :]) % sizes[:, None, :]  # (S, E, M) mixed-radix positions
-    every = torch.where(counts[small][:, None, :] > 0, every, -1)
-    creative, _, _ = model.reward(enc.rows(small), every)  # (S, E)
-    creative = creative.masked_fill(index[None, :] >= total[:, None], float("-inf"))
-    value, at = creative.max(dim=1)
-    combo, best = combo.clone(), best.clone()
-    combo[small], best[small] = every[torch.arange(len(small)), at], value
-    return combo, best
+    index = torch.arange(int(total.max()))
+    strides = torch.cumprod(torch.cat([torch.ones(len(sizes), 1, dtype=torch.long), sizes[:, :-1]], dim=1), dim=1)
+    every = (index[None, :, None] // strides[:, None, :]) % sizes[:, None, :]  # (B, E, M) mixed-radix positions
+    every = torch.where(counts[:, None, :] > 0, every, -1)
+    creative, _, _ = model.reward(enc, every)  # (B, E)
+    value, at = creative.masked_fill(index[None, :] >= total[:, None], float("-inf")).max(dim=1)
+    return every[torch.arange(len(sizes)), at], value
+
+
+def generate_and_score(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, noise: RequestNoise, config: SelectConfig
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy answers of one batch in config.mode, from the generator's proposals (rows the search enumerates
+    aside): (B, M) positions, creative logit (B,)."""
+    k = 0 if config.mode == "argmax" else config.k
+    candidates, _ = model.generate(enc, k, noise, with_greedy=True)  # (B, 1 + k, M)
+    creative, _, _ = model.reward(enc, candidates)  # (B, 1 + k)
+    if config.mode == "search" and config.refine_passes:
+        return refine(model, enc, candidates, creative, config)
+    value, best = creative.max(dim=1)
+    return candidates[torch.arange(len(best)), best], value
+
+
+def greedy_choice(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, row_key: np.ndarray, config: SelectConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy answer of every row of a batch: (B, M) positions, creative logit (B,). A function of each
+    request and the model alone (samples keyed by the request), whatever rows share the batch."""
+    if config.mode != "search" or config.enumerate_up_to <= 1:
+        return generate_and_score(model, enc, RequestNoise(row_key), config)
+    small = pool_sizes(enc).clamp(min=1).prod(dim=1) <= config.enumerate_up_to  # (B,) rows of few combinations
+    if small.all():
+        return exact_argmax(model, enc)
+    if not small.any():
+        return generate_and_score(model, enc, RequestNoise(row_key), config)
+    few, many = small.nonzero().squeeze(1), (~small).nonzero().squeeze(1)
+    combo = torch.empty((len(small), len(enc.slices)), dtype=torch.long)
+    value = torch.empty(len(small))
+    combo[few], value[few] = exact_argmax(model, enc.rows(few))
+    combo[many], value[many] = generate_and_score(model, enc.rows(many), RequestNoise(row_key[many.numpy()]), config)
+    return combo, value
 
 
 #: Floats one forward pass may hold (about 256 MB): batches shrink as K, the pools or the ensemble grow, so
@@ -140,7 +181,7 @@ def rows_per_batch(model: GenCO | RewardEnsemble, data: EncodedRows, config: Sel
     return int(max(1, min(config.batch_size, CELL_BUDGET // per_row)))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0) -> Choices:
     """Pick one combination for every row of `data` (requests).
 
@@ -156,16 +197,7 @@ def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, co
         batch = collate(data, idx)
         enc = model.encode(batch)
         if greedy:
-            noise = RequestNoise(batch.row_key)
-            candidates, _ = model.generate(enc, config.k, noise, with_greedy=True)  # (B, 1 + K, M)
-            creative, _, _ = model.reward(enc, candidates)  # (B, 1 + K)
-            if config.refine_passes:
-                combo, creative_best = refine(model, enc, candidates, creative, config)
-            else:
-                creative_best, best = creative.max(dim=1)
-                combo = candidates[torch.arange(batch.size), best]  # (B, M)
-            if config.enumerate_up_to > 1:
-                combo, creative_best = enumerate_small_pools(model, enc, combo, creative_best, config.enumerate_up_to)
+            combo, creative_best = greedy_choice(model, enc, batch.row_key, config)
             logit = enc.appeal + creative_best
             propensity = torch.ones(batch.size)
         else:

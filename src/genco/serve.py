@@ -1,7 +1,7 @@
 """`genco serve`: the HTTP service of CONTRACT.md section 3 (FastAPI).
 
     POST /v1/select   {"requests": [request rows], "greedy": bool}  ->  {"selections": [...], "model_version": "..."}
-    GET  /healthz     200 once the model is loaded
+    GET  /healthz     200 once the model is loaded, with its model_version
     GET  /metrics     Prometheus text
 
 The body goes through the same rules as a file's rows (genco.contract.RowChecker: the row's own rules, unique
@@ -11,40 +11,41 @@ media type (415), its request count before any request is validated (413). A bro
 the FastAPI error shape, naming the field, never echoing the input:
 
     {"detail": [{"loc": ["body", "requests", 3, "user", 0], "type": "non-finite-number", "msg": "..."}]}
+
+Serving a team can run: concurrent calls are answered together (genco.batching), a new model written into
+the served folder by `genco train --out` is picked up without a restart (ModelReloader: each call is
+validated against and answered by one model version, named in its answer), and with `log_decisions` every
+served decision is written as a log row without its click (genco.decisions), for `genco join`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
-import hashlib
+import json
+import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request as HTTPRequest
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from genco.batching import MicroBatcher
 from genco.checkpoint import load_model
 from genco.contract import BodyError, Limits, Request, Selection, parse_select_body
+from genco.decisions import DecisionLog
 from genco.errors import BadRowError, GencoInputError
-from genco.options import bounded, check_options
 from genco.select import SelectConfig, select_requests
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = bounded(8000, ge=0, le=65535)  # 0: any free port
-
-    def __post_init__(self) -> None:
-        check_options(self)
+from genco.serve_config import ServeConfig
 
 
 class SelectBody(BaseModel):
@@ -61,9 +62,64 @@ class SelectAnswer(BaseModel):
     model_version: str
 
 
-def model_version(directory: Path) -> str:
-    digest = hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
-    return f"{directory.name}@{digest[:12]}"
+@dataclass(eq=False)
+class ServedModel:
+    """One loaded model version. Calls hold the one they were validated against until they are answered."""
+
+    model: Any
+    version: str
+    loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def load(cls, directory: Path) -> "ServedModel":
+        model, meta = load_model(directory)
+        return cls(model, meta["model_version"])
+
+
+class ModelReloader:
+    """Watches MODEL/model.safetensors and swaps in a new version once it is there, whole (genco.checkpoint writes
+    it by an atomic rename, with its description inside). A folder that fails to load keeps the old version
+    serving and counts a failed reload; the next change is tried again."""
+
+    def __init__(self, directory: Path, every_seconds: float, on_reload):
+        self.directory, self.every, self.on_reload = directory, every_seconds, on_reload
+        self.signature = self._signature()
+        self.current = ServedModel.load(directory)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="genco-reload", daemon=True)
+        if every_seconds > 0:
+            self.thread.start()
+
+    def _signature(self) -> tuple | None:
+        try:
+            stat = (self.directory / "model.safetensors").stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def check(self) -> bool:
+        """Load the folder's model if it changed since the last look; True if a new version now serves."""
+        signature = self._signature()
+        if signature is None or signature == self.signature:
+            return False
+        self.signature = signature
+        try:
+            fresh = ServedModel.load(self.directory)
+        except GencoInputError as exc:
+            self.on_reload("failed", str(exc))
+            return False
+        if fresh.version == self.current.version:
+            return False
+        self.current = fresh  # one reference swap: a call sees the old version or the new, whole
+        self.on_reload("ok", fresh.version)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.every):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _error(status: int, loc: list, rule: str, message: str) -> JSONResponse:
@@ -93,22 +149,79 @@ async def read_body(request: HTTPRequest, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(model_dir: str | Path, select_config: SelectConfig | None = None, limits: Limits | None = None) -> FastAPI:
+class _Metrics:
+    """What /metrics reports (Prometheus)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.calls = Counter("genco_select_calls_total", "POST /v1/select calls by outcome", ["outcome"], registry=registry)
+        self.answered = Counter("genco_selections_total", "Selections answered", registry=registry)
+        self.latency = Histogram("genco_select_seconds", "Time to answer POST /v1/select", registry=registry,
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.batch_requests = Histogram("genco_batch_requests", "Requests answered by one forward pass", registry=registry,
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+        self.batch_calls = Histogram("genco_batch_calls", "HTTP calls answered by one forward pass", registry=registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.model = Gauge("genco_model_info", "The model version serving (value 1)", ["model_version"], registry=registry)
+        self.reloads = Counter("genco_model_reloads_total", "Model reloads by outcome", ["outcome"], registry=registry)
+        self.decisions = Counter("genco_decisions_logged_total", "Decisions written to the decision log", registry=registry)
+
+    def serving(self, version: str) -> None:
+        self.model.clear()
+        self.model.labels(version).set(1)
+
+
+def create_app(model_dir: str | Path, select_config: SelectConfig | None = None, limits: Limits | None = None,
+               serve_config: ServeConfig | None = None) -> FastAPI:
     """Load the model (errors are GencoInputError: a bad folder stops start-up with exit 2) and build the app."""
     model_dir = Path(model_dir)
-    model, _ = load_model(model_dir)
-    version = model_version(model_dir)
     config = select_config or SelectConfig()
     limits = limits or Limits()
-    registry = CollectorRegistry()
-    calls = Counter("genco_select_calls_total", "POST /v1/select calls by outcome", ["outcome"], registry=registry)
-    answered = Counter("genco_selections_total", "Selections answered", registry=registry)
-    latency = Histogram("genco_select_seconds", "Time to answer POST /v1/select", registry=registry,
-                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-    lock = threading.Lock()  # one forward pass at a time: torch already uses every core
-    seed = iter(range(1 << 62))
+    serving = serve_config or ServeConfig()
+    if serving.threads:
+        torch.set_num_threads(serving.threads)
+    metrics = _Metrics()
 
-    app = FastAPI(title="genco", version=version, description="Creative combination selection (GenCO).")
+    def reloaded(outcome: str, detail: str) -> None:
+        metrics.reloads.labels(outcome).inc()
+        if outcome == "ok":
+            metrics.serving(detail)
+        from genco import console
+
+        console.note(f"model reload {outcome}: {detail}")
+
+    reloader = ModelReloader(model_dir, serving.reload_seconds, reloaded)
+    metrics.serving(reloader.current.version)
+    decision_log = None
+    if serving.log_decisions:
+        decision_log = DecisionLog(serving.log_decisions, rotate_rows=serving.rotate_rows, rotate_seconds=serving.rotate_seconds)
+    seeds = iter(range(1 << 62))
+
+    def answer(key: tuple[ServedModel, bool], requests: list[Request]) -> list[Selection]:
+        served, greedy = key
+        selections = select_requests(served.model, requests, greedy=greedy, config=config, seed=next(seeds), checked=True)
+        if decision_log is not None:
+            decision_log.record(requests, selections, served.version)
+            metrics.decisions.inc(len(selections))
+        return selections
+
+    def batched(calls: int, requests: int) -> None:
+        metrics.batch_calls.observe(calls)
+        metrics.batch_requests.observe(requests)
+
+    batcher = MicroBatcher(answer, window_seconds=serving.batch_window_ms / 1000, max_batch=serving.max_batch, on_batch=batched)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        batcher.stop()  # answer what is queued, then publish the open decision file: a clean shutdown loses nothing
+        reloader.stop()
+        if decision_log is not None:
+            decision_log.close()
+
+    app = FastAPI(title="genco", version=reloader.current.version, description="Creative combination selection (GenCO).",
+                  lifespan=lifespan)
+    app.state.reloader, app.state.batcher, app.state.decision_log = reloader, batcher, decision_log
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_, exc: RequestValidationError) -> JSONResponse:
@@ -118,35 +231,36 @@ def create_app(model_dir: str | Path, select_config: SelectConfig | None = None,
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "model_version": version}
+        return {"status": "ok", "model_version": reloader.current.version}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
-
-    def answer(requests: list[Request], greedy: bool) -> list[Selection]:
-        with lock:
-            return select_requests(model, requests, greedy=greedy, config=config, seed=next(seed), checked=True)
+    def metrics_text() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/select", response_model=SelectAnswer,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": {"$ref": "#/components/schemas/SelectBody"}}}}})
     async def select(request: HTTPRequest) -> Any:
         start = time.perf_counter()
+        served = reloader.current  # this call's model, from validation to answer
         try:
             raw = await read_body(request, limits.max_body_bytes)
-            requests, greedy = parse_select_body(raw, limits, model.schema)
+            requests, greedy = parse_select_body(raw, limits, served.model.schema)
         except BodyError as exc:
-            calls.labels({413: "too_large", 415: "unsupported_media_type"}.get(exc.status, "bad_request")).inc()
+            metrics.calls.labels({413: "too_large", 415: "unsupported_media_type"}.get(exc.status, "bad_request")).inc()
             return _error(exc.status, list(exc.loc), exc.rule, exc.message)
         except BadRowError as exc:
-            calls.labels("bad_request").inc()
+            metrics.calls.labels("bad_request").inc()
             return _error(422, ["body", "requests", exc.location.index, *exc.field], exc.rule, f"{exc.location}: {exc.detail}")
-        selections = await run_in_threadpool(answer, requests, True if greedy is None else greedy)
-        calls.labels("ok").inc()
-        answered.inc(len(selections))
-        latency.observe(time.perf_counter() - start)
-        return SelectAnswer(selections=selections, model_version=version)
+        try:
+            selections = await asyncio.wrap_future(batcher.submit((served, True if greedy is None else greedy), requests))
+        except Exception:
+            metrics.calls.labels("error").inc()
+            raise
+        metrics.calls.labels("ok").inc()
+        metrics.answered.inc(len(selections))
+        metrics.latency.observe(time.perf_counter() - start)
+        return SelectAnswer(selections=selections, model_version=served.version)
 
     def openapi() -> dict:
         """FastAPI's schema, plus the body model the route parses itself (so the docs show it)."""
@@ -188,15 +302,41 @@ def bind(config: ServeConfig) -> socket.socket:
     return sock
 
 
+#: How `genco serve --workers N` hands its settings to the worker processes (each builds its own app).
+_WORKER_SETTINGS = "GENCO_SERVE_SETTINGS"
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `genco serve --workers N` (uvicorn imports and calls this)."""
+    settings = json.loads(os.environ[_WORKER_SETTINGS])
+    return create_app(settings["model_dir"], SelectConfig(**settings["select"]), Limits(**settings["limits"]),
+                      ServeConfig(**settings["serve"]))
+
+
 def run_server(model_dir: str | Path, config: ServeConfig, select_config: SelectConfig, limits: Limits) -> None:
-    """`genco serve`: load the model, bind, serve until interrupted."""
+    """`genco serve`: load the model, bind, serve until interrupted (then answer what is queued and publish the
+    open decision file). With workers > 1, that many processes share the socket, each with its own model copy,
+    batcher, reloader and decision files (named by process id), and torch threads split between them."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from genco import console
 
-    app = create_app(model_dir, select_config, limits)
+    app = create_app(model_dir, select_config, limits, config)  # in the parent too: a bad folder is exit 2 here
     sock = bind(config)
     host, port = sock.getsockname()[:2]
-    console.note(f"serving {model_dir} on http://{host}:{port} (POST /v1/select, GET /healthz, GET /metrics)")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
-    server.run(sockets=[sock])
+    console.note(f"serving {model_dir} ({app.state.reloader.current.version}) on http://{host}:{port} with "
+                 f"{config.workers} worker(s) (POST /v1/select, GET /healthz, GET /metrics)")
+    if config.workers == 1:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        return
+    app.state.batcher.stop()
+    app.state.reloader.stop()
+    if app.state.decision_log is not None:
+        app.state.decision_log.close()
+    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    os.environ[_WORKER_SETTINGS] = json.dumps({
+        "model_dir": str(model_dir), "select": asdict(select_config), "limits": asdict(limits),
+        "serve": asdict(replace(config, threads=threads))})
+    worker_config = uvicorn.Config("genco.serve:worker_app", factory=True, workers=config.workers, log_level="warning")
+    Multiprocess(worker_config, sockets=[sock]).run()

@@ -1,0 +1,135 @@
+"""Serving cost and quality of each greedy mode, in-process, beside the peers' choose (issue 14).
+
+    python benchmarks/serving.py             # quality at 200,000 impressions (seed-1 world), latency on 6 x 15 pools
+    python benchmarks/serving.py --quick     # 4,000 impressions, one reward model, batches of 32: for CI
+    python benchmarks/serving.py --quick --batch 256
+
+Quality: GenCO (the default ensemble) is trained once on the seed-1 world's random-exposure logs; each mode's
+greedy selections for 1,000 fresh requests are scored on the world (share of the oracle's CTR lift), with
+the loss against the full search.
+
+Latency: requests of 6 components x 15 candidates (the world's requests, each pool filled up to 15 with other
+elements of its component), K = 16. Per mode, and for the autoregressive variant, MVT's choose and (when
+installed) VW's slates predict, each fitted on the latency log: batch 1 on one thread, p50 and p99 of the time
+from request rows to answers (encoding included, as the server pays it), and throughput at batch 256 on two
+threads. Ratios are to GenCO's default mode in the same run. Printed as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from genco import console
+from genco.contract import Request
+from genco.data import encode
+from genco.evaluate import Evaluator
+from genco.policies import make_policy
+from genco.select import MODES, SelectConfig, choose, select_requests
+from genco.world import WorldConfig, simulate_in_memory
+
+
+def full_pools(requests: list[Request], size: int, rng: np.random.Generator) -> list[Request]:
+    """Every request with each of its components' pools filled up to `size` candidates from the others' pools."""
+    rows = [r.model_dump(exclude_none=True) for r in requests]
+    catalogue: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        for name, candidates in row["components"].items():
+            for element in candidates:
+                catalogue.setdefault(name, {})[element["id"]] = element
+    names = sorted(catalogue, key=len)
+    out = []
+    for row in rows:
+        components = {}
+        for name in names:
+            have = {e["id"]: e for e in row["components"].get(name, [])}
+            others = [i for i in catalogue[name] if i not in have]
+            for i in rng.choice(len(others), size=max(0, min(size - len(have), len(others))), replace=False):
+                have[others[i]] = catalogue[name][others[i]]
+            components[name] = list(have.values())[:size]
+        out.append(Request.model_validate({**row, "components": components}))
+    return out
+
+
+def timed(call, repeats: int) -> np.ndarray:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return np.asarray(times)
+
+
+def latency_figures(answer, requests: list[Request], calls: int, rounds: int, batch_size: int) -> dict:
+    """answer(list of requests) -> anything. p50/p99 at batch 1 on 1 thread; requests/s at batch_size on 2."""
+    torch.set_num_threads(1)
+    answer(requests[:1])  # warm up
+    single = timed(lambda it=iter(range(10**9)): answer([requests[next(it) % len(requests)]]), calls)
+    torch.set_num_threads(2)
+    batch = requests[:batch_size]
+    answer(batch)
+    many = timed(lambda: answer(batch), rounds)
+    return {"p50_ms": round(1000 * float(np.median(single)), 3), "p99_ms": round(1000 * float(np.quantile(single, 0.99)), 3),
+            f"batch{batch_size}_requests_per_s": round(len(batch) / float(np.median(many)))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--impressions", type=int, default=200_000, help="logs of the quality measurement")
+    parser.add_argument("--batch", type=int, default=None, help="throughput batch (default 256; quick 32)")
+    parser.add_argument("--latency-impressions", type=int, default=20_000, help="logs the latency models are fitted on")
+    args = parser.parse_args()
+    quick = args.quick
+    impressions, latency_impressions = (4_000, 4_000) if quick else (args.impressions, args.latency_impressions)
+    options = {"epochs": 1, "reward_models": 1, "rl_epochs": 1} if quick else {}
+    calls, rounds, batch_size = (20, 1, 32) if quick else (500, 10, 256)
+    batch_size = args.batch or batch_size
+    console.set_quiet(True)
+
+    world, logs, request_rows = simulate_in_memory(WorldConfig(seed=1, impressions=impressions, requests=1000))
+    requests = encode(request_rows, logs.schema)
+    evaluator = Evaluator(world, request_rows)
+    genco = make_policy("genco", seed=1, **options).fit(logs)
+    search = None
+    for mode in MODES:
+        chosen = choose(genco.model, requests, greedy=True, config=SelectConfig(mode=mode))
+        share = evaluator.score(chosen.selections)["frac_of_oracle_lift"]
+        search = share if mode == "search" else search
+        print(json.dumps({"measure": "quality", "mode": mode, "impressions": impressions,
+                          "frac_of_oracle_lift": round(share, 4), "loss_vs_search": round(search - share, 4)}), flush=True)
+
+    if quick:  # the quality model serves for the latency too
+        latency_logs, latency_rows, model = logs, request_rows[:300], genco.model
+    else:
+        _, latency_logs, latency_rows = simulate_in_memory(WorldConfig(seed=2, impressions=latency_impressions, requests=300))
+        model = make_policy("genco", seed=1).fit(latency_logs).model
+    pools = full_pools(latency_rows, 15, np.random.default_rng(0))
+    rows = {}
+    for mode in MODES:
+        config = SelectConfig(mode=mode)
+        rows[f"genco {mode}"] = latency_figures(lambda batch: select_requests(model, batch, greedy=True, config=config), pools,
+                                                calls, rounds, batch_size)
+    autoregressive = make_policy("genco-autoregressive", seed=1, **options).fit(latency_logs).model
+    rows["genco-autoregressive search"] = latency_figures(
+        lambda batch: select_requests(autoregressive, batch, greedy=True), pools, calls, rounds, batch_size)
+    for name in ("mvt", "vw-slates"):
+        try:
+            peer = make_policy(name, seed=1).fit(latency_logs)
+        except ImportError:
+            continue
+        rows[name] = latency_figures(lambda batch: peer.choose(encode(batch, latency_logs.schema), greedy=True), pools,
+                                     calls, rounds, batch_size)
+    reference, throughput = rows[f"genco {SelectConfig.mode}"], f"batch{batch_size}_requests_per_s"
+    for name, figures in rows.items():
+        print(json.dumps({"measure": "latency", "policy": name, "pools": "6 x 15", **figures,
+                          "p50_vs_default": round(figures["p50_ms"] / reference["p50_ms"], 3),
+                          "throughput_vs_default": round(figures[throughput] / reference[throughput], 3)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
