@@ -26,12 +26,15 @@ bench-quick: install
 	$(BIN)/python benchmarks/train_speed.py --quick
 	$(BIN)/python benchmarks/generator_objective.py --quick
 	$(BIN)/python benchmarks/variants.py --quick
+	$(BIN)/python benchmarks/serving.py --quick
+	$(BIN)/python benchmarks/component_regret.py --quick
 	$(BIN)/genco bench --quick --quiet --out reports/bench-quick
 
 bench: install
 	$(BIN)/python benchmarks/read_throughput.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/generator_objective.py
+	$(BIN)/python benchmarks/serving.py
 	$(BIN)/genco bench --out reports/bench
 
 clean:
