@@ -28,6 +28,7 @@ bench-quick: install
 	$(BIN)/python benchmarks/variants.py --quick
 	$(BIN)/python benchmarks/serving.py --quick
 	$(BIN)/python benchmarks/component_regret.py --quick
+	if command -v hey >/dev/null; then $(BIN)/python benchmarks/http_load.py --quick; else echo 'hey is not installed: benchmarks/http_load.py skipped'; fi
 	$(BIN)/genco bench --quick --quiet --out reports/bench-quick
 
 bench: install
@@ -35,6 +36,7 @@ bench: install
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/generator_objective.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/http_load.py
 	$(BIN)/genco bench --out reports/bench
 
 clean:
