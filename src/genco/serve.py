@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,6 @@ class ServedModel:
 
     model: Any
     version: str
-    loaded_at: float = field(default_factory=time.time)
 
     @classmethod
     def load(cls, directory: Path) -> "ServedModel":
