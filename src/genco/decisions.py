@@ -46,8 +46,6 @@ class DecisionLog:
         self.rows_in_file = 0
         self.opened_at = 0.0
         self.sequence = 0
-        self.rows_written = 0  # every row recorded, published or in the open file
-        self.files_published = 0
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="genco-decision-log", daemon=True)
         self._ticker.start()
@@ -67,7 +65,6 @@ class DecisionLog:
                     self._open()
                 self.handle.write(line)
                 self.rows_in_file += 1
-                self.rows_written += 1
                 if self.rows_in_file >= self.rotate_rows:
                     self._publish()
 
@@ -94,7 +91,6 @@ class DecisionLog:
         self.handle = None
         os.chmod(self.open_path, 0o644)
         os.replace(self.open_path, self.final_path)
-        self.files_published += 1
 
     def _tick(self) -> None:
         while not self._stop.wait(min(1.0, self.rotate_seconds)):

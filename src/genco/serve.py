@@ -96,22 +96,20 @@ class ModelReloader:
             return None
         return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
-    def check(self) -> bool:
-        """Load the folder's model if it changed since the last look; True if a new version now serves."""
+    def check(self) -> None:
+        """Load the folder's model if it changed since the last look."""
         signature = self._signature()
         if signature is None or signature == self.signature:
-            return False
+            return
         self.signature = signature
         try:
             fresh = ServedModel.load(self.directory)
         except GencoInputError as exc:
             self.on_reload("failed", str(exc))
-            return False
-        if fresh.version == self.current.version:
-            return False
-        self.current = fresh  # one reference swap: a call sees the old version or the new, whole
-        self.on_reload("ok", fresh.version)
-        return True
+            return
+        if fresh.version != self.current.version:
+            self.current = fresh  # one reference swap: a call sees the old version or the new, whole
+            self.on_reload("ok", fresh.version)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.every):
@@ -210,17 +208,21 @@ def create_app(model_dir: str | Path, select_config: SelectConfig | None = None,
 
     batcher = MicroBatcher(answer, window_seconds=serving.batch_window_ms / 1000, max_batch=serving.max_batch, on_batch=batched)
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        yield
-        batcher.stop()  # answer what is queued, then publish the open decision file: a clean shutdown loses nothing
+    def close() -> None:
+        """Answer what is queued, then publish the open decision file: a clean shutdown loses nothing."""
+        batcher.stop()
         reloader.stop()
         if decision_log is not None:
             decision_log.close()
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        close()
+
     app = FastAPI(title="genco", version=reloader.current.version, description="Creative combination selection (GenCO).",
                   lifespan=lifespan)
-    app.state.reloader, app.state.batcher, app.state.decision_log = reloader, batcher, decision_log
+    app.state.reloader, app.state.close = reloader, close
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_, exc: RequestValidationError) -> JSONResponse:
@@ -329,10 +331,7 @@ def run_server(model_dir: str | Path, config: ServeConfig, select_config: Select
     if config.workers == 1:
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
         return
-    app.state.batcher.stop()
-    app.state.reloader.stop()
-    if app.state.decision_log is not None:
-        app.state.decision_log.close()
+    app.state.close()  # the workers build their own
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     os.environ[_WORKER_SETTINGS] = json.dumps({
         "model_dir": str(model_dir), "select": asdict(select_config), "limits": asdict(limits),
