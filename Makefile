@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,vw]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,vw,onnx]'
 	touch $@
 
 demo: install

@@ -262,7 +262,7 @@ SelectK = Annotated[int, typer.Option("--k", help=f"Combinations sampled and sco
 RefinePasses = Annotated[int, typer.Option(help="Coordinate-ascent passes on the reward model after sampling (greedy mode).")]
 RefineStarts = Annotated[int, typer.Option(help="Greedy mode: coordinate ascent starts from this many of the best candidates.")]
 Epsilon = Annotated[float, typer.Option(help="Explore mode: share of uniform exploration per component, in [0, 1].")]
-EnumerateUpTo = Annotated[int, typer.Option(help="Search mode: requests whose pools make at most this many combinations get the reward model's exact argmax (0: never).")]
+EnumerateUpTo = Annotated[int, typer.Option(help="Search and best-of-k modes: requests whose pools make at most this many combinations get the reward model's exact argmax (0: never).")]
 
 
 class ModeChoice(str, Enum):
@@ -271,7 +271,15 @@ class ModeChoice(str, Enum):
     argmax = "argmax"
 
 
-Mode = Annotated[ModeChoice, typer.Option(help="Greedy answers: search (best of the generator's 1 + K by the reward model, refined by coordinate ascent; the most thorough), best-of-k (no ascent) or argmax (the generator's most likely combination alone; the fastest). README, *Serving*, gives each one's cost and quality.")]
+Mode = Annotated[ModeChoice, typer.Option(help="Greedy answers: search (best of the generator's 1 + K by the reward model, refined by coordinate ascent; the most thorough), best-of-k (no ascent; the default: about 0.002 of the oracle's lift below search, a fraction of its cost) or argmax (the generator's most likely combination alone; the fastest). README, *Serving*, gives each one's cost and quality.")]
+
+
+class RuntimeChoice(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+Runtime = Annotated[RuntimeChoice, typer.Option(help="What runs greedy best-of-k and argmax answers: torch (the lean program, genco/lean.py) or onnx (its ONNX export in ONNX Runtime; the export takes seconds at start and at each reload). The same answers either way; search mode and explore answers use the full model.")]
 
 
 @app.command()
@@ -280,7 +288,8 @@ def select(
     requests: Annotated[Path, typer.Option(help="Request rows (a file or a folder).")],
     out: Annotated[Path, typer.Option(help="Selection rows to write, one per request, same order.")],
     greedy: Annotated[bool, typer.Option("--greedy/--explore", help="Greedy: the best combination found, the same for the same request whatever the seed (propensity 1). Explore: a sample from the policy with its propensity.")] = False,
-    mode: Mode = ModeChoice.search,
+    mode: Mode = ModeChoice.best_of_k,
+    runtime: Runtime = RuntimeChoice.torch,
     k: SelectK = 16,
     refine_passes: RefinePasses = 2,
     refine_starts: RefineStarts = 4,
@@ -293,6 +302,7 @@ def select(
 ) -> None:
     """Choose one combination per request: generate K, score with the reward model, answer the best (or explore)."""
     from genco.checkpoint import load_model
+    from genco.lean import greedy_program
     from genco.select import SelectConfig, select_file
 
     console.set_quiet(quiet)
@@ -301,8 +311,9 @@ def select(
     check_value("seed", seed, SEED_RANGE, integer=True)
     limits = Limits(max_candidates=max_candidates)
     loaded, _ = load_model(model)
+    program = greedy_program(loaded, config.mode, runtime.value) if greedy else None
     report = select_file(loaded, requests, out, greedy=greedy, config=config, seed=seed, on_bad_row=on_bad_row.value,
-                         max_candidates=limits.max_candidates)
+                         max_candidates=limits.max_candidates, program=program)
     note(f"wrote {report.rows} selections to {out}")
 
 
@@ -311,7 +322,8 @@ def serve(
     model: Annotated[Path, typer.Option(help="A model folder written by `genco train`. A new model written into it (genco train --out) is served without a restart.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed at start).")] = 8000,
-    mode: Mode = ModeChoice.search,
+    mode: Mode = ModeChoice.best_of_k,
+    runtime: Runtime = RuntimeChoice.torch,
     k: SelectK = 16,
     refine_passes: RefinePasses = 2,
     refine_starts: RefineStarts = 4,
@@ -334,13 +346,34 @@ def serve(
     from genco.serve import run_server
 
     config = ServeConfig(host=host, port=port, batch_window_ms=batch_window_ms, max_batch=max_batch, workers=workers,
-                         threads=threads, reload_seconds=reload_seconds,
+                         threads=threads, reload_seconds=reload_seconds, runtime=runtime.value,
                          log_decisions=None if log_decisions is None else str(log_decisions),
                          rotate_rows=rotate_rows, rotate_seconds=rotate_seconds)
     select_config = SelectConfig(mode=mode.value, k=k, refine_passes=refine_passes, refine_starts=refine_starts, epsilon=epsilon,
                                  enumerate_up_to=enumerate_up_to)
     limits = Limits(max_candidates=max_candidates, max_requests=max_requests, max_body_bytes=max_body_bytes)
     run_server(model, config, select_config, limits)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="A model folder written by `genco train`.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="The .onnx file to write: the greedy best-of-k program (argmax with K = 0) for ONNX Runtime or any ONNX runtime.")],
+    quiet: Quiet = False,
+) -> None:
+    """Export the model's greedy program to ONNX, for ad servers that are not Python (inputs and outputs: README, *Serving*)."""
+    from genco.checkpoint import load_model
+    from genco.export import export_onnx
+    from genco.files import atomic_write_bytes
+    from genco.lean import LeanGreedy
+
+    console.set_quiet(quiet)
+    loaded, meta = load_model(model)
+    if not LeanGreedy.supports(loaded):
+        raise GencoInputError(f"--model {model}: a variant with a generator of its own ({type(loaded).__name__}); only GenCO's exports")
+    with console.progress("exporting", None):
+        atomic_write_bytes(onnx, export_onnx(loaded))
+    note(f"wrote {onnx} ({meta['model_version']})")
 
 
 @app.command()

@@ -314,16 +314,19 @@ class Batch:
         return torch.stack([self.mask[:, a:b].any(dim=1) if b > a else self.mask.new_zeros(self.size) for a, b in self.slices], dim=1)
 
 
-def collate(data: EncodedRows, rows: Sequence[int] | np.ndarray) -> Batch:
-    """Gather `rows` of `data` into padded tensors (see Batch). Vectorised: no Python loop over rows."""
+def collate(data: EncodedRows, rows: Sequence[int] | np.ndarray, *, grid: bool = False) -> Batch:
+    """Gather `rows` of `data` into padded tensors (see Batch). Vectorised: no Python loop over rows.
+    grid: every component padded to the same width (at least 1), the layout genco.lean reads as (B, M, N)."""
     idx = np.asarray(rows, dtype=np.int64)
     features, buckets, masks, slices, element_index, shown = [], [], [], [], [], []
     start = 0
+    counted = {name: data.columns[name]["offsets"][idx + 1] - data.columns[name]["offsets"][idx] for name in data.schema.components}
+    widths = {name: int(counts.max()) if len(idx) else 0 for name, counts in counted.items()}
+    if grid:
+        widths = dict.fromkeys(widths, max(widths.values(), default=0) or 1)
     for name in data.schema.components:
         col = data.columns[name]
-        begin = col["offsets"][idx]
-        counts = col["offsets"][idx + 1] - begin
-        width = int(counts.max()) if len(idx) else 0
+        begin, counts, width = col["offsets"][idx], counted[name], widths[name]
         steps = np.arange(width)
         valid = steps[None, :] < counts[:, None]  # (B, N_m)
         flat = np.minimum(begin[:, None] + steps[None, :], max(len(col["members"]) - 1, 0))

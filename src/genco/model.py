@@ -124,7 +124,9 @@ class CrossAttention(nn.Module):
         N, L, d = x.shape
         q, k, v = self.qkv(x).view(N, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (N, H, L, dh) each
         if self.context_query is not None and context is not None:
-            query = self.context_query(context).repeat_interleave(N // len(context), dim=0)  # (N, d)
+            query = self.context_query(context)  # (n, d): one per request
+            if context.shape[0] != N:  # each request's K bags in a row
+                query = query.repeat_interleave(N // context.shape[0], dim=0)  # (N, d)
             q = q + query.view(N, self.heads, 1, d // self.heads)
         if self.learned:
             logits = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (N, H, L, L)
@@ -162,7 +164,10 @@ def combination_bucket(buckets: torch.Tensor, present: torch.Tensor, size: int) 
     Order-aware (component m's element is mixed with its own constant); absent components add nothing."""
     M = buckets.shape[-1]
     mix = _COMBINATION_MIX[torch.arange(M) % len(_COMBINATION_MIX)] + 2 * torch.arange(M)  # a distinct odd number each
-    h = torch.where(present, (buckets + 1) * mix, 0).sum(dim=-1)  # int64, wrapping
+    terms = torch.where(present, (buckets + 1) * mix, 0).unbind(-1)  # M x (...), int64
+    h = terms[0]
+    for term in terms[1:]:  # added one by one: wrapping int64 adds (ONNX Runtime's ReduceSum does not wrap alike)
+        h = h + term
     h = h ^ (h >> 29)
     return torch.remainder(h * 0x2545F4914F6CDD1D, size)
 

@@ -18,6 +18,11 @@ from genco.select import Choices, SelectConfig, choose
 from genco.train import TrainConfig, TrainResult, train
 
 
+#: The bench measures GenCO and its variants at the most thorough search; serving defaults to the cheaper
+#: best-of-k (README, *Serving*: what that costs in quality).
+BENCH_SELECT = SelectConfig(mode="search")
+
+
 class GenCOPolicy(Policy):
     """GenCO behind the shared interface: fit = train on the logs, choose = generate K, score, refine."""
 
@@ -27,7 +32,7 @@ class GenCOPolicy(Policy):
         self.model_class = model_class
         self.model_config = model_config or ModelConfig()
         self.train_config = train_config or TrainConfig()
-        self.select_config = select_config or SelectConfig()
+        self.select_config = select_config or BENCH_SELECT
         self.model: GenCO | None = None
         self.result: TrainResult | None = None
         self.attribution: list | None = None  # per component, set when genco.bench scores it on a world
@@ -47,7 +52,7 @@ class GenCOPolicy(Policy):
         coordinate ascent (or the enumeration of small pools) on the reward model: what the generator itself
         finds (the policy gradient's doing)."""
         assert self.model is not None, "fit first"
-        alone = replace(self.select_config, mode="best-of-k")
+        alone = replace(self.select_config, mode="best-of-k", enumerate_up_to=0)
         return choose(self.model, requests, greedy=True, config=alone, seed=seed)
 
 
@@ -58,7 +63,7 @@ GENCO_VARIANTS: dict[str, dict] = {
     "genco-no-rl": {"rl": False},
     "genco-no-cross-component": {"cross_component": False},  # a diagnostic past the paper's ablations
     "genco-mean-baseline": {"rl_objective": "mean"},
-    "genco-sampling-only": {"mode": "best-of-k"},  # serving without the search: the best of the generator's K
+    "genco-sampling-only": {"mode": "best-of-k", "enumerate_up_to": 0},  # the best of the generator's K alone
     "genco-argmax": {"mode": "argmax"},  # serving the generator's most likely combination alone
     "genco-one-reward-model": {"reward_models": 1},
     "genco-autoregressive": {"model_class": AutoregressiveGenCO},
@@ -69,7 +74,7 @@ def make_genco(name: str, *, seed: int = 0, epochs: int | None = None, **overrid
     """A GenCO variant by name; `overrides` set ModelConfig / TrainConfig / SelectConfig fields by name."""
     settings = {**GENCO_VARIANTS[name], **overrides, **({} if epochs is None else {"epochs": epochs})}
     model_class = settings.pop("model_class", GenCO)
-    configs = [ModelConfig(), TrainConfig(seed=seed), SelectConfig()]
+    configs = [ModelConfig(), TrainConfig(seed=seed), BENCH_SELECT]
     for key in settings:
         if not any(key in {f.name for f in fields(c)} for c in configs):
             raise KeyError(f"unknown setting {key!r}")

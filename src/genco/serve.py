@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import os
 import socket
@@ -44,6 +45,7 @@ from genco.checkpoint import load_model
 from genco.contract import BodyError, Limits, Request, Selection, parse_select_body
 from genco.decisions import DecisionLog
 from genco.errors import BadRowError, GencoInputError
+from genco.lean import GreedyProgram, greedy_program
 from genco.select import SelectConfig, select_requests
 from genco.serve_config import ServeConfig
 
@@ -68,11 +70,12 @@ class ServedModel:
 
     model: Any
     version: str
+    program: GreedyProgram | None = None  # answers greedy best-of-k and argmax calls (genco.lean)
 
     @classmethod
-    def load(cls, directory: Path) -> "ServedModel":
+    def load(cls, directory: Path, mode: str = "search", runtime: str = "torch", threads: int = 0) -> "ServedModel":
         model, meta = load_model(directory)
-        return cls(model, meta["model_version"])
+        return cls(model, meta["model_version"], greedy_program(model, mode, runtime, threads))
 
 
 class ModelReloader:
@@ -80,10 +83,10 @@ class ModelReloader:
     it by an atomic rename, with its description inside). A folder that fails to load keeps the old version
     serving and counts a failed reload; the next change is tried again."""
 
-    def __init__(self, directory: Path, every_seconds: float, on_reload):
-        self.directory, self.every, self.on_reload = directory, every_seconds, on_reload
+    def __init__(self, directory: Path, every_seconds: float, on_reload, load):
+        self.directory, self.every, self.on_reload, self.load = directory, every_seconds, on_reload, load
         self.signature = self._signature()
-        self.current = ServedModel.load(directory)
+        self.current = load(directory)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="genco-reload", daemon=True)
         if every_seconds > 0:
@@ -103,9 +106,9 @@ class ModelReloader:
             return
         self.signature = signature
         try:
-            fresh = ServedModel.load(self.directory)
-        except GencoInputError as exc:
-            self.on_reload("failed", str(exc))
+            fresh = self.load(self.directory)
+        except Exception as exc:  # whatever went wrong, the old version keeps serving
+            self.on_reload("failed", str(exc) if isinstance(exc, GencoInputError) else f"{type(exc).__name__}: {exc}")
             return
         if fresh.version != self.current.version:
             self.current = fresh  # one reference swap: a call sees the old version or the new, whole
@@ -187,7 +190,8 @@ def create_app(model_dir: str | Path, select_config: SelectConfig | None = None,
 
         console.note(f"model reload {outcome}: {detail}")
 
-    reloader = ModelReloader(model_dir, serving.reload_seconds, reloaded)
+    load = functools.partial(ServedModel.load, mode=config.mode, runtime=serving.runtime, threads=serving.threads)
+    reloader = ModelReloader(model_dir, serving.reload_seconds, reloaded, load)
     metrics.serving(reloader.current.version)
     decision_log = None
     if serving.log_decisions:
@@ -196,7 +200,8 @@ def create_app(model_dir: str | Path, select_config: SelectConfig | None = None,
 
     def answer(key: tuple[ServedModel, bool], requests: list[Request]) -> list[Selection]:
         served, greedy = key
-        selections = select_requests(served.model, requests, greedy=greedy, config=config, seed=next(seeds), checked=True)
+        selections = select_requests(served.model, requests, greedy=greedy, config=config, seed=next(seeds), checked=True,
+                                     program=served.program)
         if decision_log is not None:
             decision_log.record(requests, selections, served.version)
             metrics.decisions.inc(len(selections))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genco.options import bounded, check_options
+from genco.options import OptionError, bounded, check_options
+
+
+RUNTIMES = ("torch", "onnx")  # what runs greedy best-of-k and argmax answers (genco.lean.greedy_program)
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,9 @@ class ServeConfig:
     log_decisions: str | None = None  # a folder: every served decision as a log row without its click
     rotate_rows: int = bounded(100_000, ge=1, le=1 << 30)  # decision rows per file at most
     rotate_seconds: float = bounded(60.0, gt=0, le=86_400)  # a decision file is published at this age at most
+    runtime: str = "torch"  # one of RUNTIMES
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.runtime not in RUNTIMES:
+            raise OptionError("runtime", " or ".join(repr(r) for r in RUNTIMES), self.runtime)

@@ -1,0 +1,101 @@
+"""ONNX export of the lean greedy program (genco.lean), and an ONNX Runtime runner for serving.
+
+`genco export --onnx` writes one self-contained .onnx file: an ad server in any language feeds it the grid
+inputs (genco.lean: user and ad features, element buckets, mask, request-keyed noise, element features)
+and reads the chosen positions and the click logit. The batch, the sample count K and the pool width N are
+dynamic axes; K = 0 is the argmax mode. `genco serve --runtime onnx` runs the same file in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genco.ensemble import RewardEnsemble
+from genco.errors import GencoInputError
+from genco.lean import LeanGreedy
+from genco.model import GenCO
+
+OPSET = 18
+
+
+def _example(lean: LeanGreedy) -> tuple[tuple[torch.Tensor, ...], tuple[dict, ...]]:
+    """Example inputs (in input_names order) and their dynamic axes. Sizes differ from each other and from M,
+    so that the exporter cannot mistake one axis for another (and none is 0 or 1, which it would specialise)."""
+    schema, M = lean.schema, lean.components
+    N = M + 2
+    B, K, X = N + 1, N + 2, N + 3
+    batch, width = torch.export.Dim("batch"), torch.export.Dim("width")
+    samples, extra = torch.export.Dim("samples", min=0), torch.export.Dim("extra", min=0)
+    examples = {"user": (torch.rand(B, schema.user_dim), {0: batch}), "ad": (torch.rand(B, schema.ad_dim), {0: batch}),
+                "ad_bucket": (torch.zeros(B, dtype=torch.long), {0: batch}),
+                "element_bucket": (torch.zeros(B, M, N, dtype=torch.long), {0: batch, 2: width}),
+                "mask": (torch.ones(B, M, N, dtype=torch.bool), {0: batch, 2: width}),
+                "noise": (torch.rand(B, K, M, N).clamp(0.01, 0.99), {0: batch, 1: samples, 3: width}),
+                "extra": (torch.full((B, X, M), -2, dtype=torch.long), {0: batch, 1: extra}),
+                **{f"features_{m}": (torch.rand(B, N, schema.feature_dims[name]), {0: batch, 1: width})
+                   for m, name in enumerate(schema.components)}}
+    names = lean.input_names()
+    return tuple(examples[n][0] for n in names), tuple(examples[n][1] for n in names)
+
+
+def _require(module: str) -> None:
+    try:
+        __import__(module)
+    except ImportError:
+        raise GencoInputError(f"ONNX needs the package {module!r}: pip install 'genco[onnx]'") from None
+
+
+def export_onnx(model: GenCO | RewardEnsemble | LeanGreedy) -> bytes:
+    """The lean greedy program of `model` as an ONNX model (bytes). Takes seconds (torch.export)."""
+    _require("onnxscript")
+    lean = model if isinstance(model, LeanGreedy) else LeanGreedy(model)
+    lean.eval()
+    args, axes = _example(lean)
+    out = io.BytesIO()
+    with _quiet_exporter():
+        program = torch.onnx.export(lean, args, dynamo=True, input_names=lean.input_names(), output_names=["positions", "logit"],
+                                    dynamic_shapes={"tensors": axes}, opset_version=OPSET, verbose=False)
+        program.save(out)
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx prints its progress, warnings and torchvision notices; a CLI user wants none of it."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class OnnxGreedy:
+    """The exported program run by ONNX Runtime: answer(grid_inputs(...)) -> positions (B, M), logit (B,)."""
+
+    def __init__(self, onnx_model: bytes | str | Path, threads: int = 0):
+        _require("onnxruntime")
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1  # 0: ONNX Runtime's default
+        options.log_severity_level = 3
+        source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+        self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]  # the exporter may drop an input the program ignores
+
+    def answer(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        positions, logit = self.session.run(None, {name: arrays[name] for name in self.inputs})
+        return positions, logit
