@@ -9,10 +9,12 @@ greedy selections for 1,000 fresh requests are scored on the world (share of the
 the loss against the full search.
 
 Latency: requests of 6 components x 15 candidates (the world's requests, each pool filled up to 15 with other
-elements of its component), K = 16. Per mode, and for the autoregressive variant, MVT's choose and (when
-installed) VW's slates predict, each fitted on the latency log: batch 1 on one thread, p50 and p99 of the time
-from request rows to answers (encoding included, as the server pays it), and throughput at batch 256 on two
-threads. Ratios are to GenCO's default mode in the same run. Printed as JSON lines.
+elements of its component), K = 16. Per mode and runtime (the full model; the lean program in torch; its ONNX
+export in ONNX Runtime), and for the autoregressive variant, MVT's choose and (when installed) VW's slates
+predict, each fitted on the latency log: batch 1 on one thread, p50 and p99 of the time from request rows to
+answers (encoding included, as the server pays it), and throughput at batch 256 on two threads. For the lean
+runtimes also `program_*`: the program alone on inputs already built (what an ad server that feeds the ONNX
+file itself pays). Ratios are to GenCO's default (best-of-k, lean torch) in the same run. Printed as JSON lines.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import torch
 
 from genco import console
 from genco.contract import Request
-from genco.data import encode
+from genco.data import collate, encode
+from genco.export import OnnxGreedy, export_onnx
+from genco.lean import grid_inputs, greedy_program
 from genco.evaluate import Evaluator
 from genco.policies import make_policy
 from genco.select import MODES, SelectConfig, choose, select_requests
@@ -64,17 +68,33 @@ def timed(call, repeats: int) -> np.ndarray:
     return np.asarray(times)
 
 
-def latency_figures(answer, requests: list[Request], calls: int, rounds: int, batch_size: int) -> dict:
-    """answer(list of requests) -> anything. p50/p99 at batch 1 on 1 thread; requests/s at batch_size on 2."""
+def figures(one, many, n: int, calls: int, rounds: int, prefix: str = "") -> dict:
+    """one(i): answer the i-th single request; many(): answer a batch of n. p50/p99 of one on 1 thread and
+    requests/s of many on 2 threads."""
     torch.set_num_threads(1)
-    answer(requests[:1])  # warm up
-    single = timed(lambda it=iter(range(10**9)): answer([requests[next(it) % len(requests)]]), calls)
+    one(0)  # warm up
+    single = timed(lambda it=iter(range(10**9)): one(next(it)), calls)
     torch.set_num_threads(2)
+    many()
+    batch = timed(many, rounds)
+    return {f"{prefix}p50_ms": round(1000 * float(np.median(single)), 3), f"{prefix}p99_ms": round(1000 * float(np.quantile(single, 0.99)), 3),
+            f"{prefix}batch{n}_requests_per_s": round(n / float(np.median(batch)))}
+
+
+def latency_figures(answer, requests: list[Request], calls: int, rounds: int, batch_size: int, answer_batch=None) -> dict:
+    """answer(list of requests) -> anything; answer_batch for the batch where a runtime's threads are fixed when built."""
     batch = requests[:batch_size]
-    answer(batch)
-    many = timed(lambda: answer(batch), rounds)
-    return {"p50_ms": round(1000 * float(np.median(single)), 3), "p99_ms": round(1000 * float(np.quantile(single, 0.99)), 3),
-            f"batch{batch_size}_requests_per_s": round(len(batch) / float(np.median(many)))}
+    return figures(lambda i: answer([requests[i % len(requests)]]), lambda: (answer_batch or answer)(batch), len(batch),
+                   calls, rounds)
+
+
+def program_figures(program, program_batch, data, k: int, calls: int, rounds: int, batch_size: int) -> dict:
+    """The lean program alone, on grid inputs built beforehand (one per request, and one batch)."""
+    singles = [grid_inputs(collate(data, [i], grid=True), k, 256) for i in range(min(len(data), 100))]
+    n = min(batch_size, len(data))
+    batch = grid_inputs(collate(data, np.arange(n), grid=True), k, 256)
+    return figures(lambda i: program.answer(singles[i % len(singles)]), lambda: program_batch.answer(batch), n, calls, rounds,
+                   prefix="program_")
 
 
 def main() -> None:
@@ -110,13 +130,26 @@ def main() -> None:
         model = make_policy("genco", seed=1).fit(latency_logs).model
     pools = full_pools(latency_rows, 15, np.random.default_rng(0))
     rows = {}
+    data = encode(pools, model.schema)
     for mode in MODES:
         config = SelectConfig(mode=mode)
-        rows[f"genco {mode}"] = latency_figures(lambda batch: select_requests(model, batch, greedy=True, config=config), pools,
-                                                calls, rounds, batch_size)
+        rows[f"genco {mode} full model"] = latency_figures(
+            lambda batch: select_requests(model, batch, greedy=True, config=config), pools, calls, rounds, batch_size)
+        if mode == "search":
+            continue
+        k = 0 if mode == "argmax" else config.k
+        lean = greedy_program(model, mode, "torch")
+        onnx_bytes = export_onnx(lean)
+        runtimes = {"lean torch": (lean, lean), "onnx": (OnnxGreedy(onnx_bytes, threads=1), OnnxGreedy(onnx_bytes, threads=2))}
+        for runtime, (program, program_batch) in runtimes.items():
+            rows[f"genco {mode} {runtime}"] = latency_figures(
+                lambda batch: select_requests(model, batch, greedy=True, config=config, program=program), pools, calls, rounds,
+                batch_size, answer_batch=lambda batch: select_requests(model, batch, greedy=True, config=config, program=program_batch)
+            ) | program_figures(program, program_batch, data, k, calls, rounds, batch_size)
     autoregressive = make_policy("genco-autoregressive", seed=1, **options).fit(latency_logs).model
     rows["genco-autoregressive search"] = latency_figures(
-        lambda batch: select_requests(autoregressive, batch, greedy=True), pools, calls, rounds, batch_size)
+        lambda batch: select_requests(autoregressive, batch, greedy=True, config=SelectConfig(mode="search")), pools, calls, rounds,
+        batch_size)
     for name in ("mvt", "vw-slates"):
         try:
             peer = make_policy(name, seed=1).fit(latency_logs)
@@ -124,11 +157,11 @@ def main() -> None:
             continue
         rows[name] = latency_figures(lambda batch: peer.choose(encode(batch, latency_logs.schema), greedy=True), pools,
                                      calls, rounds, batch_size)
-    reference, throughput = rows[f"genco {SelectConfig.mode}"], f"batch{batch_size}_requests_per_s"
-    for name, figures in rows.items():
-        print(json.dumps({"measure": "latency", "policy": name, "pools": "6 x 15", **figures,
-                          "p50_vs_default": round(figures["p50_ms"] / reference["p50_ms"], 3),
-                          "throughput_vs_default": round(figures[throughput] / reference[throughput], 3)}), flush=True)
+    reference, throughput = rows[f"genco {SelectConfig.mode} lean torch"], f"batch{batch_size}_requests_per_s"
+    for name, measured in rows.items():
+        print(json.dumps({"measure": "latency", "policy": name, "pools": "6 x 15", **measured,
+                          "p50_vs_default": round(measured["p50_ms"] / reference["p50_ms"], 3),
+                          "throughput_vs_default": round(measured[throughput] / reference[throughput], 3)}), flush=True)
 
 
 if __name__ == "__main__":

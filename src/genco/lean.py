@@ -266,8 +266,7 @@ def grid_inputs(batch: Batch, k: int, enumerate_up_to: int = 0) -> dict[str, np.
     B, T = batch.mask.shape
     N = T // max(M, 1)
     mask = batch.mask.numpy().reshape(B, M, N)
-    noise = RequestNoise(batch.row_key)
-    draws = np.stack([noise.uniform(k, N, stream=m).numpy() for m in range(M)], axis=2) if k else np.zeros((B, 0, M, N), np.float32)
+    draws = RequestNoise(batch.row_key).streams(k, N, range(M)).numpy()  # (B, K, M, N): stream m is component m
     arrays = {"user": batch.user.numpy(), "ad": batch.ad.numpy(), "ad_bucket": batch.ad_bucket.numpy(),
               "element_bucket": batch.element_bucket.numpy().reshape(B, M, N), "mask": mask, "noise": draws,
               "extra": every_combination(mask.sum(axis=2), enumerate_up_to)}

@@ -34,9 +34,13 @@ class RequestNoise:
 
     def uniform(self, k: int, n: int, stream: int) -> torch.Tensor:
         """(B, k, n): entry [b, i, j] depends on (keys[b], stream, i, j) only, never on B or on n beyond j."""
-        base = _mix(self.keys + np.asarray([stream + 1], dtype=np.uint64) * _GOLDEN)  # (B,)
+        return self.streams(k, n, [stream])[:, :, 0]
+
+    def streams(self, k: int, n: int, streams) -> torch.Tensor:
+        """(B, k, S, n): uniform(k, n, s) of every stream s in `streams`, drawn in one pass."""
+        base = _mix(self.keys[:, None] + (np.asarray(streams, dtype=np.uint64)[None, :] + np.uint64(1)) * _GOLDEN)  # (B, S)
         counter = (np.arange(k, dtype=np.uint64)[:, None] << _S32) | np.arange(n, dtype=np.uint64)[None, :]  # (k, n)
-        z = _mix(_mix(base[:, None, None] ^ (counter[None] * _GOLDEN + _GOLDEN)))  # (B, k, n)
+        z = _mix(_mix(base[:, None, :, None] ^ (counter[None, :, None, :] * _GOLDEN + _GOLDEN)))  # (B, k, S, n)
         u = ((z >> _S11).astype(np.float64) + 0.5) * 2.0**-53  # 53 bits, never 0 or 1
         return torch.from_numpy(u.astype(np.float32).clip(1e-7, 1 - 1e-7))
 
