@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -61,7 +62,8 @@ def export_onnx(model: GenCO | RewardEnsemble | LeanGreedy) -> bytes:
     out = io.BytesIO()
     with _quiet_exporter():
         program = torch.onnx.export(lean, args, dynamo=True, input_names=lean.input_names(), output_names=["positions", "logit"],
-                                    dynamic_shapes={"tensors": axes}, opset_version=OPSET, verbose=False)
+                                    dynamic_shapes={"tensors": axes}, opset_version=OPSET, verbose=False,
+                                    optimize=False)  # unfolded, every weight keeps its name: see reweighted
         program.save(out)
     return out.getvalue()
 
@@ -82,18 +84,49 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
+def signature(lean: LeanGreedy) -> str:
+    """What fixes the exported graph: the model options, the data layout and the ensemble's size."""
+    return json.dumps([lean.config.to_dict(), lean.schema.to_dict(), len(lean.ad_embedding)], sort_keys=True)
+
+
+def reweighted(onnx_model: bytes, lean: LeanGreedy) -> bytes:
+    """The exported program of a model of the same signature with `lean`'s weights instead: what a reload of
+    a retrained model needs, in about a second where an export takes 10-25 s. The export keeps every weight
+    as an initializer named as in lean.state_dict()."""
+    _require("onnx")
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(onnx_model)
+    state = lean.state_dict()
+    for initializer in graph.graph.initializer:
+        if initializer.name in state:
+            initializer.CopyFrom(numpy_helper.from_array(state[initializer.name].numpy(), initializer.name))
+    return graph.SerializeToString()
+
+
+def onnx_program(lean: LeanGreedy, threads: int = 0, previous: object = None) -> OnnxGreedy:
+    """`lean` run by ONNX Runtime: exported, or `previous`'s graph with these weights where it is an
+    OnnxGreedy of the same signature."""
+    key = signature(lean)
+    if isinstance(previous, OnnxGreedy) and previous.signature == key:
+        return OnnxGreedy(reweighted(previous.onnx_model, lean), threads, key)
+    return OnnxGreedy(export_onnx(lean), threads, key)
+
+
 class OnnxGreedy:
     """The exported program run by ONNX Runtime: answer(grid_inputs(...)) -> positions (B, M), logit (B,)."""
 
-    def __init__(self, onnx_model: bytes | str | Path, threads: int = 0):
+    def __init__(self, onnx_model: bytes | str | Path, threads: int = 0, signature: str | None = None):
         _require("onnxruntime")
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1  # 0: ONNX Runtime's default
         options.log_severity_level = 3
-        source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
-        self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.onnx_model = onnx_model if isinstance(onnx_model, bytes) else Path(onnx_model).read_bytes()
+        self.signature = signature
+        self.session = onnxruntime.InferenceSession(self.onnx_model, options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]  # the exporter may drop an input the program ignores
 
     def answer(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

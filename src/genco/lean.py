@@ -239,17 +239,19 @@ class LeanGreedy(nn.Module):
         return chosen.numpy(), logit.numpy()
 
 
-def greedy_program(model: GenCO | RewardEnsemble, mode: str, runtime: str = "torch", threads: int = 0) -> GreedyProgram | None:
+def greedy_program(model: GenCO | RewardEnsemble, mode: str, runtime: str = "torch", threads: int = 0,
+                   previous: GreedyProgram | None = None) -> GreedyProgram | None:
     """What answers `mode`'s greedy calls: a LeanGreedy (runtime torch) or its ONNX export run by ONNX Runtime
-    (runtime onnx, with `threads` threads, 0 for its default; the export takes seconds), or None where the full model answers (the search mode, whose
+    (runtime onnx, with `threads` threads, 0 for its default; the export takes seconds, a reload that keeps the
+    model's layout reuses `previous`'s graph), or None where the full model answers (the search mode, whose
     coordinate ascent is data-dependent, and variants with a generator of their own)."""
     if mode == "search" or not LeanGreedy.supports(model):
         return None
     lean = LeanGreedy(model)
     if runtime == "onnx":
-        from genco.export import OnnxGreedy, export_onnx
+        from genco.export import onnx_program
 
-        return OnnxGreedy(export_onnx(lean), threads)
+        return onnx_program(lean, threads, previous)
     return lean
 
 

@@ -73,9 +73,11 @@ class ServedModel:
     program: GreedyProgram | None = None  # answers greedy best-of-k and argmax calls (genco.lean)
 
     @classmethod
-    def load(cls, directory: Path, mode: str = "search", runtime: str = "torch", threads: int = 0) -> "ServedModel":
+    def load(cls, directory: Path, mode: str = "search", runtime: str = "torch", threads: int = 0,
+             previous: "ServedModel | None" = None) -> "ServedModel":
         model, meta = load_model(directory)
-        return cls(model, meta["model_version"], greedy_program(model, mode, runtime, threads))
+        program = greedy_program(model, mode, runtime, threads, previous.program if previous else None)
+        return cls(model, meta["model_version"], program)
 
 
 class ModelReloader:
@@ -106,7 +108,7 @@ class ModelReloader:
             return
         self.signature = signature
         try:
-            fresh = self.load(self.directory)
+            fresh = self.load(self.directory, previous=self.current)
         except Exception as exc:  # whatever went wrong, the old version keeps serving
             self.on_reload("failed", str(exc) if isinstance(exc, GencoInputError) else f"{type(exc).__name__}: {exc}")
             return
