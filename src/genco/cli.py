@@ -279,7 +279,7 @@ class RuntimeChoice(str, Enum):
     onnx = "onnx"
 
 
-Runtime = Annotated[RuntimeChoice, typer.Option(help="What runs greedy best-of-k and argmax answers: torch (the lean program, genco/lean.py) or onnx (its ONNX export in ONNX Runtime; the export takes seconds at start and at each reload). The same answers either way; search mode and explore answers use the full model.")]
+Runtime = Annotated[RuntimeChoice, typer.Option(help="What runs greedy best-of-k and argmax answers: torch (the lean program, genco/lean.py) or onnx (its ONNX export in ONNX Runtime; the export takes 10-25 s at start, a reload of a retrained model swaps its weights in). The same answers either way; search mode and explore answers use the full model.")]
 
 
 @app.command()

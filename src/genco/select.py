@@ -193,7 +193,7 @@ def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, co
     the propensity is the probability of what was served. `program` (genco.lean.greedy_program of this model
     and config.mode) answers greedy calls of the best-of-k and argmax modes: the same answers, faster."""
     config = config or SelectConfig()
-    if model.training:  # eval() walks every module: a cost per call where a server answers one request at a time
+    if any(module.training for module in model.modules()):  # eval() sets every module's flag: costly per call
         model.eval()
     generator = torch.Generator().manual_seed(seed)
     M = len(data.schema.components)

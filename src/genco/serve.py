@@ -73,7 +73,7 @@ class ServedModel:
     program: GreedyProgram | None = None  # answers greedy best-of-k and argmax calls (genco.lean)
 
     @classmethod
-    def load(cls, directory: Path, mode: str = "search", runtime: str = "torch", threads: int = 0,
+    def load(cls, directory: Path, mode: str = SelectConfig.mode, runtime: str = "torch", threads: int = 0,
              previous: "ServedModel | None" = None) -> "ServedModel":
         model, meta = load_model(directory)
         program = greedy_program(model, mode, runtime, threads, previous.program if previous else None)
