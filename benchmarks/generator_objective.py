@@ -63,7 +63,7 @@ def main() -> None:
         figures = {"generator": name, "entropy_nats": round(policy_entropy(model, requests), 3)}
         for label, passes in (("sampling_alone", 0), ("with_ascent", SelectConfig.refine_passes)):
             start = time.perf_counter()
-            chosen = choose(model, requests, greedy=True, config=SelectConfig(refine_passes=passes), seed=args.seed)
+            chosen = choose(model, requests, greedy=True, config=SelectConfig(mode="search", refine_passes=passes), seed=args.seed)
             figures[f"select_seconds_per_1k_{label}"] = round(1000 * (time.perf_counter() - start) / len(requests), 2)
             figures[f"frac_{label}"] = round(evaluator.score(chosen.selections)["frac_of_oracle_lift"], 3)
             figures[f"predicted_ctr_{label}"] = round(float(chosen.score.mean()), 5)
