@@ -30,7 +30,7 @@ from torch import nn
 
 from genco.data import Batch
 from genco.ensemble import RewardEnsemble
-from genco.model import GenCO, combination_bucket
+from genco.model import GenCO, combination_bucket, shrinkage_trust
 from genco.noise import RequestNoise
 
 #: Fill for masked attention logits: finite, so that a set with no valid item gives a finite softmax that
@@ -101,7 +101,7 @@ class LeanGreedy(nn.Module):
         self.has_features = [self.schema.feature_dims[name] > 0 for name in self.schema.components]
         self.register_buffer("component", _stack([m.component.weight for m in members]))  # (E, M, d)
         self.register_buffer("element_effect", _stack([m.element_effect.weight[:, 0] for m in members]))  # (E, buckets)
-        trust = [_trust_table(m.id_counts, c.id_shrinkage) for m in members]
+        trust = [shrinkage_trust(m.id_counts, c.id_shrinkage) for m in members]
         self.register_buffer("id_vector", _stack([t[:, None] * m.id_vector.weight for t, m in zip(trust, members)]))  # (E, buckets, d)
         # reward model: bag attention, phi, pooling, combination effects
         self.qkv, self.out = lin(lambda m: m.bag_attention.qkv), lin(lambda m: m.bag_attention.out)
@@ -110,7 +110,7 @@ class LeanGreedy(nn.Module):
         self.phi_element, self.phi_context, self.phi_pair = lin(lambda m: m.phi.element), lin(lambda m: m.phi.context), lin(lambda m: m.phi.pair)
         self.phi_deep_in, self.phi_deep_out = lin(lambda m: m.phi.deep[0]), lin(lambda m: m.phi.deep[3])
         self.pool_in, self.pool_out = lin(lambda m: m.pool[0]), lin(lambda m: m.pool[2])
-        effect = [_trust_table(m.combination_counts, c.combination_shrinkage) * m.combination_effect.weight[:, 0] for m in members]
+        effect = [shrinkage_trust(m.combination_counts, c.combination_shrinkage) * m.combination_effect.weight[:, 0] for m in members]
         self.register_buffer("combination_effect", _stack(effect))  # (E, combination buckets), trust included
 
     @staticmethod
@@ -255,11 +255,6 @@ def greedy_program(model: GenCO | RewardEnsemble, mode: str, runtime: str = "tor
     return lean
 
 
-def _trust_table(counts: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    """n / (n + shrinkage) per bucket, as genco.model applies it per lookup."""
-    return counts / (counts + shrinkage) if shrinkage > 0 else (counts > 0).to(counts.dtype)
-
-
 def grid_inputs(batch: Batch, k: int, enumerate_up_to: int = 0) -> dict[str, np.ndarray]:
     """The lean program's inputs of a batch collated with one width for every component (collate(..., grid=True)).
     The noise is the request-keyed uniforms the torch path draws (the same per row whatever the batch); rows
@@ -277,12 +272,13 @@ def grid_inputs(batch: Batch, k: int, enumerate_up_to: int = 0) -> dict[str, np.
     return arrays
 
 
-def every_combination(pools: np.ndarray, up_to: int) -> np.ndarray:
-    """Pool sizes (B, M) -> every combination of the rows with at most `up_to` of them (B, X, M) positions,
-    -1 for an absent component; -2 fills the rest (rows with more, and the shorter rows' tail)."""
+def every_combination(pools: np.ndarray, up_to: int | None = None) -> np.ndarray:
+    """Pool sizes (B, M) -> every combination of the rows with at most `up_to` of them (None: of every row)
+    (B, X, M) positions in mixed-radix order, -1 for an absent component; -2 fills the rest (rows with more,
+    and the shorter rows' tail)."""
     sizes = np.maximum(pools, 1)
     total = sizes.prod(axis=1)  # (B,)
-    small = total <= up_to
+    small = total <= up_to if up_to is not None else np.ones(len(pools), dtype=bool)
     X = int(total[small].max(initial=0))
     out = np.full((len(pools), X, pools.shape[1]), -2, dtype=np.int64)
     if X:

@@ -150,7 +150,7 @@ class _NoFeatures(nn.Module):
         return features.new_zeros(*features.shape[:-1], self.dim)
 
 
-def _trust(shown: torch.Tensor, shrinkage: float) -> torch.Tensor:
+def shrinkage_trust(shown: torch.Tensor, shrinkage: float) -> torch.Tensor:
     """n / (n + shrinkage): how much an id's (or a combination's) own parameters count, given n impressions."""
     return shown / (shown + shrinkage) if shrinkage > 0 else (shown > 0).to(shown.dtype)
 
@@ -293,7 +293,7 @@ class GenCO(nn.Module):
         e = torch.cat([proj(f) for proj, f in zip(self.feature_proj, batch.features)], dim=1)  # (B, T, d)
         e = e + self.component(batch.slot_component)
         if self.config.id_vectors:
-            trust = _trust(self.id_counts[batch.element_bucket], self.config.id_shrinkage)  # (B, T)
+            trust = shrinkage_trust(self.id_counts[batch.element_bucket], self.config.id_shrinkage)  # (B, T)
             e = e + trust[..., None] * self.id_vector(batch.element_bucket)  # (B, T, d)
         if self.config.element_ids:
             effect = self.element_effect(batch.element_bucket).squeeze(-1)  # (B, T)
@@ -427,7 +427,7 @@ class GenCO(nn.Module):
         if self.config.combination_effects:
             bucket = combination_bucket(enc.bucket.gather(1, slot.view(B, K * M)).view(B, K, M), present,
                                         self.schema.combination_buckets)  # (B, K)
-            trust = _trust(self.combination_counts[bucket], self.config.combination_shrinkage)
+            trust = shrinkage_trust(self.combination_counts[bucket], self.config.combination_shrinkage)
             creative = creative + trust * self.combination_effect(bucket).squeeze(-1)
         return creative, s, present
 

@@ -28,7 +28,7 @@ import torch
 
 from genco.contract import DEFAULT_MAX_CANDIDATES, Request, Selection
 from genco.data import EncodedRows, batch_indices, collate, encode, selections_at
-from genco.lean import GreedyProgram, grid_inputs
+from genco.lean import GreedyProgram, every_combination, grid_inputs
 from genco.model import Encoded, GenCO
 from genco.noise import RequestNoise
 from genco.options import MAX_K, OptionError, bounded, check_options
@@ -117,16 +117,10 @@ def pool_sizes(enc: Encoded | EnsembleEncoded) -> torch.Tensor:
 def exact_argmax(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded) -> tuple[torch.Tensor, torch.Tensor]:
     """The reward model's best combination of every row, every combination scored: (B, M), creative logit (B,).
     For small pools only: the cost is the product of the pool sizes."""
-    counts = pool_sizes(enc)  # (B, M)
-    sizes = counts.clamp(min=1)  # an absent component is one choice
-    total = sizes.prod(dim=1)  # (B,)
-    index = torch.arange(int(total.max()))
-    strides = torch.cumprod(torch.cat([torch.ones(len(sizes), 1, dtype=torch.long), sizes[:, :-1]], dim=1), dim=1)
-    every = (index[None, :, None] // strides[:, None, :]) % sizes[:, None, :]  # (B, E, M) mixed-radix positions
-    every = torch.where(counts[:, None, :] > 0, every, -1)
-    creative, _, _ = model.reward(enc, every)  # (B, E)
-    value, at = creative.masked_fill(index[None, :] >= total[:, None], float("-inf")).max(dim=1)
-    return every[torch.arange(len(sizes)), at], value
+    every = torch.from_numpy(every_combination(pool_sizes(enc).numpy()))  # (B, E, M), -2 past a row's last
+    creative, _, _ = model.reward(enc, every.clamp(min=-1))  # (B, E)
+    value, at = creative.masked_fill((every < -1).any(dim=2), float("-inf")).max(dim=1)
+    return every[torch.arange(len(every)), at], value
 
 
 def generate_and_score(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded, noise: RequestNoise, config: SelectConfig
