@@ -106,25 +106,25 @@ def pseudo_inverse_weights(p_log, p_target, present=None) -> np.ndarray:
 
 
 def ips(reward, p_log, p_target, *, z: float = Z95) -> Estimate:
-    r, = _arrays(reward)
-    w = importance_weights(p_log, p_target)
+    r, p, q = _arrays(reward, p_log, p_target)
+    w = importance_weights(p, q)
     return _mean_estimate("ips", w * r, effective_sample_size(w), z)
 
 
 def snips(reward, p_log, p_target, *, z: float = Z95) -> Estimate:
-    r, = _arrays(reward)
-    return _ratio_estimate("snips", r, importance_weights(p_log, p_target), z)
+    r, p, q = _arrays(reward, p_log, p_target)
+    return _ratio_estimate("snips", r, importance_weights(p, q), z)
 
 
 def pseudo_inverse(reward, p_log, p_target, present=None, *, z: float = Z95) -> Estimate:
-    r, = _arrays(reward)
-    w = pseudo_inverse_weights(p_log, p_target, present)
+    r, p, q = _arrays(reward, p_log, p_target)
+    w = pseudo_inverse_weights(p, q, present)
     return _mean_estimate("pi", w * r, effective_sample_size(w), z)
 
 
 def self_normalised_pseudo_inverse(reward, p_log, p_target, present=None, *, z: float = Z95) -> Estimate:
-    r, = _arrays(reward)
-    return _ratio_estimate("snpi", r, pseudo_inverse_weights(p_log, p_target, present), z)
+    r, p, q = _arrays(reward, p_log, p_target)
+    return _ratio_estimate("snpi", r, pseudo_inverse_weights(p, q, present), z)
 
 
 def direct(predicted_target, *, z: float = Z95) -> Estimate:
@@ -143,8 +143,8 @@ def doubly_robust(reward, predicted_logged, predicted_target, weights, *, name: 
 def replay(reward, matched, *, z: float = Z95) -> Estimate:
     """Mean reward of the impressions where the target's choice equals the logged one (sCTR), Wilson interval.
     For a 0/1 reward; NaN when nothing matched."""
-    r, = _arrays(reward)
-    m = np.asarray(matched, bool)
+    r, m = _arrays(reward, matched)
+    m = m.astype(bool)
     n = int(m.sum())
     if n == 0:
         return Estimate("replay", float("nan"), float("nan"), float("nan"), "wilson", 0.0, 0)
