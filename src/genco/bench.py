@@ -30,7 +30,7 @@ import numpy as np
 
 from genco import console
 from genco.contract import LogRow, Request
-from genco.data import EncodedRows, encode, positions_of
+from genco.data import EncodedRows, encode, positions_of, request_dict
 from genco.evaluate import Evaluator
 from genco.model import GenCO
 from genco.policies import GenCOPolicy, make_policy
@@ -74,28 +74,13 @@ class OraclePolicy:
     def choose(self, requests: EncodedRows, *, greedy: bool = True, seed: int = 0):
         from genco.baselines.base import choices
 
-        rows = [_request_dict(requests, r) for r in range(len(requests))]
+        rows = [request_dict(requests, r) for r in range(len(requests))]
         if self.additive:
             best = self.world.additive_best_dicts(rows)
             p = self.world.click_probability_dicts(rows, best)
         else:
             best, p = self.world.oracle_dicts(rows)
         return choices(requests, positions_of(requests, np.arange(len(requests)), best), score=p)
-
-
-def _members(data: EncodedRows, name: str, row: int) -> np.ndarray:
-    column = data.columns[name]
-    return column["members"][column["offsets"][row] : column["offsets"][row + 1]]
-
-
-def _request_dict(data: EncodedRows, row: int) -> dict[str, Any]:
-    """Enough of a request row for the world's truth: ad, user, candidate ids."""
-    components = {}
-    for name in data.schema.components:
-        members = _members(data, name, row)
-        if len(members):
-            components[name] = [{"id": data.element_ids[name][e]} for e in members]
-    return {"request_id": data.request_ids[row], "ad_id": data.ad_ids[row], "user": data.user[row].tolist(), "components": components}
 
 
 def fit_and_score(name: str, seed: int, world: World, logs: EncodedRows, requests: EncodedRows, evaluator: Evaluator,

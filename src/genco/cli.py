@@ -394,6 +394,89 @@ def join(
     console.out.print(f"wrote {out}: " + json_text(report.summary()), soft_wrap=True)
 
 
+class OPEModeChoice(str, Enum):
+    greedy = "greedy"
+    explore = "explore"
+
+
+@app.command()
+def ope(
+    logs: Annotated[Path, typer.Option(help="Log rows with propensities (a file or a folder): what was served, and clicked.")],
+    policy: Annotated[str, typer.Option(help="The target: a model folder written by `genco train` (judged on every row: give it logs it was not trained on), or a policy name of `genco bench --list` (fitted on --fit-share of the logs, judged on the rest).")],
+    mode: Annotated[OPEModeChoice, typer.Option(help="The target's answers: greedy (its best guess, as served by default) or explore (sampled, with --epsilon uniform exploration).")] = OPEModeChoice.greedy,
+    select_mode: Annotated[ModeChoice, typer.Option(help="Greedy answers of a GenCO target: search, best-of-k or argmax (as `genco serve --mode`).")] = ModeChoice.best_of_k,
+    epsilon: Epsilon = 0.05,
+    samples: Annotated[int, typer.Option(help="Draws per impression of a stochastic target (its explore mode): the direct method averages them; for policies other than GenCO they also estimate the probability of the logged combination.")] = 32,
+    fit_share: Annotated[float, typer.Option(help="A named target (and, for one that is not GenCO, the direct method's reward model) is fitted on this share of the logs.")] = 0.5,
+    epochs: Annotated[int, typer.Option(help="At most this many epochs for a GenCO fitted here.")] = 30,
+    assume_uniform: Annotated[bool, typer.Option("--assume-uniform", help="Rows without a propensity were served uniformly at random: give them the product of 1 / len(candidates).")] = False,
+    world: Annotated[Optional[Path], typer.Option(help="A simulated world (`genco simulate`): also print the target's true CTR, and allow the oracle targets.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: the fit split, explore draws, fitting.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the result as one JSON object to this file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object instead of a table.")] = False,
+    max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
+    on_bad_row: OnBadRow = OnBadRowChoice.error,
+    quiet: Quiet = False,
+) -> None:
+    """Estimate a policy's CTR (and RPM) from logs before it goes live: IPS, SNIPS, pseudo-inverse, direct, doubly robust, replay."""
+    from genco.files import atomic_write_json
+    from genco.ope import OPEConfig, estimate_model, estimate_named, read_logs_for
+    from genco.select import SelectConfig
+    from genco.train import read_logs
+
+    console.set_quiet(quiet)
+    config = OPEConfig(mode=mode.value, epsilon=epsilon, samples=samples, fit_share=fit_share, seed=seed, epochs=epochs,
+                       assume_uniform=assume_uniform)
+    limits = Limits(max_candidates=max_candidates)
+    truth = None
+    if world is not None:
+        from genco.world import World
+
+        truth = World.load(world)
+    target = Path(policy)
+    if target.is_dir():
+        from genco.checkpoint import load_model
+
+        model, meta = load_model(target)
+        data = read_logs_for(logs, model.schema, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)
+        with console.progress("estimating", None):
+            result = estimate_model(data, model, config, SelectConfig(mode=select_mode.value, epsilon=epsilon),
+                                    name=meta["model_version"], world=truth)
+    else:
+        data, _ = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)
+        with console.progress(f"fitting {policy} and estimating", None):
+            result = estimate_named(data, policy, config, world=truth)
+    for warning in result.warnings:
+        console.warn(f"{warning['rule']}: {warning['message']}")
+    if out is not None:
+        atomic_write_json(out, result.to_dict())
+    if as_json:
+        print(json_text(result.to_dict()))
+        return
+    _print_ope(result)
+
+
+def _print_ope(result) -> None:
+    head = (f"[bold]{escape(result.policy)}[/bold] ({result.mode}) judged on {result.rows} impressions"
+            + (f", fitted on {result.fit_rows}" if result.fit_rows else "") + f"; logged CTR {result.logged_ctr:.4%}")
+    if result.truth is not None:
+        head += f"; true CTR {result.truth:.4%}"
+    out.print(head, soft_wrap=True)
+    for title, estimates, scale in (("CTR", result.estimates, 100.0), ("RPM", result.rpm, 1.0)):
+        if not estimates:
+            continue
+        table = Table("estimator", title, "95% interval", "interval", "ESS", "n", title=title)
+        for e in estimates:
+            mark = " (recommended)" if title == "CTR" and e.estimator == result.recommended else ""
+            unit = "%" if scale == 100.0 else ""
+            table.add_row(e.estimator + mark, f"{scale * e.value:.4g}{unit}", f"{scale * e.low:.4g} to {scale * e.high:.4g}",
+                          e.interval, f"{e.ess:.0f}", str(e.n))
+        out.print(table)
+    for name, why in result.unavailable.items():
+        out.print(f"  {name}: not computed ({why})", soft_wrap=True)
+    out.print(f"  dm and dr use {result.reward_model}", soft_wrap=True)
+
+
 @app.command()
 def bench(
     policies: Annotated[str, typer.Option(help="Comma-separated policy names (see --list); default: all.")] = "",

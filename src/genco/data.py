@@ -143,6 +143,30 @@ class EncodedRows:
     def candidate_counts(self, component: str) -> np.ndarray:
         return np.diff(self.columns[component]["offsets"])
 
+    def shown_positions(self) -> np.ndarray:
+        """(n, M) position of the served element within each component's candidates, -1 where absent (logs)."""
+        return np.stack([self.columns[name]["shown"] for name in self.schema.components], axis=1).astype(np.int64)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> EncodedRows:
+        """The given rows, in that order, as EncodedRows of their own (the element tables are shared): a split
+        of a log into the part a policy is fitted on and the part it is judged on."""
+        rows = np.asarray(rows, dtype=np.int64)
+        columns = {}
+        for name, column in self.columns.items():
+            start, end = column["offsets"][rows], column["offsets"][rows + 1]
+            lengths = end - start
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            members = np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1])  # (nnz,) old member index
+            columns[name] = {**column, "offsets": offsets, "members": column["members"][members], "shown": column["shown"][rows]}
+
+        def part(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[rows]
+        return EncodedRows(
+            schema=self.schema, request_ids=[self.request_ids[r] for r in rows], user=self.user[rows], ad=self.ad[rows],
+            ad_bucket=self.ad_bucket[rows], ad_ids=[self.ad_ids[r] for r in rows], columns=columns,
+            element_ids=self.element_ids, row_key=self.row_key[rows], click=part(self.click),
+            propensity=part(self.propensity), revenue=part(self.revenue))
+
 
 class Encoder:
     """Accumulates rows into columns; `finish()` returns EncodedRows.
@@ -390,6 +414,17 @@ def selections_at(data: EncodedRows, rows: np.ndarray, positions: np.ndarray) ->
         for k in np.flatnonzero(chosen >= 0):
             out[k][name] = ids[column["members"][column["offsets"][rows[k]] + chosen[k]]]
     return out
+
+
+def request_dict(data: EncodedRows, row: int) -> dict[str, Any]:
+    """Enough of a request row for a simulated world's truth: ad, user, candidate ids."""
+    components = {}
+    for name in data.schema.components:
+        column = data.columns[name]
+        members = column["members"][column["offsets"][row] : column["offsets"][row + 1]]
+        if len(members):
+            components[name] = [{"id": data.element_ids[name][e]} for e in members]
+    return {"request_id": data.request_ids[row], "ad_id": data.ad_ids[row], "user": data.user[row].tolist(), "components": components}
 
 
 def positions_of(data: EncodedRows, rows: np.ndarray, selections: Sequence[dict[str, str]]) -> np.ndarray:

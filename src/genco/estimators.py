@@ -21,7 +21,8 @@ Estimators (Swaminathan et al. 2017 for the pseudo-inverse; the others are textb
 - `replay`: mean click of the impressions where a deterministic target would have served what was logged
   (sCTR, as the creative-optimisation literature reports); unbiased under uniform logging only.
 
-Intervals: `gaussian` is the central limit theorem on the per-impression terms; `delta` the delta method
+Intervals: `gaussian` is the central limit theorem on the per-impression terms (`gaussian+ensemble` adds a
+reward model ensemble's spread to the direct method's); `delta` the delta method
 for a ratio (the self-normalised estimators); `wilson` the Wilson score interval for a proportion (replay).
 """
 
@@ -41,7 +42,7 @@ class Estimate:
     value: float
     low: float
     high: float
-    interval: str  # how (low, high) was computed: gaussian, delta or wilson
+    interval: str  # how (low, high) was computed: gaussian, gaussian+ensemble, delta or wilson
     ess: float  # effective sample size of the weights: (sum w)^2 / sum w^2; n for unweighted estimators
     n: int  # impressions the estimate used
 
@@ -127,11 +128,18 @@ def self_normalised_pseudo_inverse(reward, p_log, p_target, present=None, *, z: 
     return _ratio_estimate("snpi", r, pseudo_inverse_weights(p, q, present), z)
 
 
-def direct(predicted_target, *, z: float = Z95) -> Estimate:
-    """Mean predicted reward of the target's choices. The interval covers the requests' sampling only, not the
-    model's error: read it as a lower bound on the uncertainty."""
+def direct(predicted_target, *, model_sd: float = 0.0, z: float = Z95) -> Estimate:
+    """Mean predicted reward of the target's choices. The `gaussian` interval covers the requests' sampling
+    only, not the model's error: read it as a lower bound on the uncertainty. `model_sd`, a standard deviation
+    of the estimate due to the model (the spread of an ensemble's members' estimates), widens it in quadrature
+    (`gaussian+ensemble`); it still cannot see a bias the members share."""
     r_hat, = _arrays(predicted_target)
-    return _mean_estimate("dm", r_hat, float(len(r_hat)), z)
+    sampling = _mean_estimate("dm", r_hat, float(len(r_hat)), z)
+    if model_sd <= 0:
+        return sampling
+    half = float(np.hypot(sampling.high - sampling.value, z * model_sd))
+    return Estimate("dm", sampling.value, sampling.value - half, sampling.value + half, "gaussian+ensemble",
+                    sampling.ess, sampling.n)
 
 
 def doubly_robust(reward, predicted_logged, predicted_target, weights, *, name: str = "dr", z: float = Z95) -> Estimate:
