@@ -16,6 +16,7 @@ def test_demo_writes_its_report_and_scores_every_policy(tmp_path, monkeypatch):
     assert all({"frac_sampling_alone", "attribution_corr", "attribution_captured"} <= r.keys() for r in genco.values())
     assert "attribution_corr" not in rows[1], "figures only GenCO has stay out of the baselines' rows"
     for name in ("results.md", "frac_of_oracle_lift.png", "attribution.png", "attention.png", "training_curve_genco.png",
-                 "models/genco/model.safetensors", "models/genco-no-rl/genco.json"):
+                 "models/genco/model.safetensors", "models/genco-no-rl/genco.json", "element-report/report.html",
+                 "element-report/elements.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert "| genco |" in (tmp_path / "results.md").read_text()

@@ -420,7 +420,7 @@ def ope(
 ) -> None:
     """Estimate a policy's CTR (and RPM) from logs before it goes live: IPS, SNIPS, pseudo-inverse, direct, doubly robust, replay."""
     from genco.files import atomic_write_json
-    from genco.ope import OPEConfig, estimate_model, estimate_named, read_logs_for
+    from genco.ope import OPEConfig, estimate_model, estimate_named
     from genco.select import SelectConfig
     from genco.train import read_logs
 
@@ -438,7 +438,7 @@ def ope(
         from genco.checkpoint import load_model
 
         model, meta = load_model(target)
-        data = read_logs_for(logs, model.schema, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)
+        data, _ = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates, schema=model.schema)
         with console.progress("estimating", None):
             result = estimate_model(data, model, config, SelectConfig(mode=select_mode.value, epsilon=epsilon),
                                     name=meta["model_version"], world=truth)
@@ -475,6 +475,39 @@ def _print_ope(result) -> None:
     for name, why in result.unavailable.items():
         out.print(f"  {name}: not computed ({why})", soft_wrap=True)
     out.print(f"  dm and dr use {result.reward_model}", soft_wrap=True)
+
+
+@app.command()
+def report(
+    model: Annotated[Path, typer.Option(help="A model folder written by `genco train`.")],
+    logs: Annotated[Path, typer.Option(help="Log rows (a file or a folder) whose elements to report on.")],
+    out: Annotated[Path, typer.Option(help="Folder to write report.html (self-contained) and elements.csv, products.csv, pairs.csv to.")],
+    max_rows: Annotated[int, typer.Option(help="Logged impressions the reward model is asked about (a random sample; counts use every row).")] = 5000,
+    pair_rows: Annotated[int, typer.Option(help="Of those, impressions whose pairs of components are scored in full (the cost grows with the product of two pools).")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed of the sample.")] = 0,
+    max_candidates: MaxCandidates = DEFAULT_MAX_CANDIDATES,
+    on_bad_row: OnBadRow = OnBadRowChoice.error,
+    quiet: Quiet = False,
+) -> None:
+    """Which elements work, apart from the product's appeal: per element counts, raw CTR, attributed effect, label; products; pairs."""
+    from genco.checkpoint import load_model
+    from genco.report import build_report, write_report
+    from genco.train import read_logs
+
+    console.set_quiet(quiet)
+    check_value("seed", seed, SEED_RANGE, integer=True)
+    check_value("max_rows", max_rows, Range(1, 10_000_000), integer=True)
+    check_value("pair_rows", pair_rows, Range(0, 10_000_000), integer=True)
+    limits = Limits(max_candidates=max_candidates)
+    loaded, meta = load_model(model)
+    output_folder(out)
+    data, _ = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates, schema=loaded.schema)
+    with console.progress("attributing", None):
+        built = build_report(loaded, data, max_rows=max_rows, pair_rows_max=pair_rows, seed=seed, model_version=meta["model_version"])
+    files = write_report(built, out)
+    labels = {name: sum(r.label == name for r in built.elements) for name in ("best", "good", "weak", "still learning")}
+    note(f"wrote {files['html']} and 3 CSV files: {len(built.elements)} elements ("
+         + ", ".join(f"{v} {k}" for k, v in labels.items()) + f"), {len(built.products)} products, {len(built.pairs)} pairs")
 
 
 @app.command()

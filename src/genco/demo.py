@@ -5,7 +5,7 @@
 3. select (greedy) for fresh requests and score every selection against the world's ground truth;
 4. print one table and write a report folder: results (JSON, Markdown), a bar chart, GenCO's model folder,
    training curves, the element attribution of its reward models against the world's truth and where its
-   cross-component attention looks.
+   cross-component attention looks, and the element report `genco report` writes (element-report/report.html).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from genco.files import atomic_write_bytes, atomic_write_json, load_requests
 from genco.plots import attention_maps, bars, training_curve
 from genco.plots import attribution as attribution_plot
 from genco.policies import GenCOPolicy, make_policy
+from genco.report import build_report, write_report
 from genco.train import read_logs, save_trained
 from genco.world import TREE, WorldConfig, simulate
 
@@ -76,6 +77,8 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
                                  title="genco: element attribution, reward models against the world's truth")
                 attention_maps(policy.attention, out / "attention.png", partners=list(TREE.items()),
                                title="genco: cross-component attention against the world's interacting pairs")
+                console.note("[bold]genco[/bold]: element report")
+                write_report(build_report(policy.model, logs, model_version=name), out / "element-report")
     _report(rows, out, config)
     return rows
 
@@ -100,4 +103,4 @@ def _report(rows: list[dict], out: Path, config: WorldConfig) -> None:
     atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
     bars({r["policy"]: r["frac_of_oracle_lift"] for r in rows}, out / "frac_of_oracle_lift.png",
          ylabel="fraction of the oracle's lift", title="Share of the oracle's CTR lift over random, captured")
-    console.out.print(f"report: {out}/ (results.md, results.json, frac_of_oracle_lift.png, attribution.png, attention.png, training curves, models/)")
+    console.out.print(f"report: {out}/ (results.md, results.json, frac_of_oracle_lift.png, attribution.png, attention.png, training curves, models/, element-report/)")

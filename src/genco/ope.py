@@ -403,19 +403,3 @@ def estimate_model(logs: EncodedRows, model, config: OPEConfig, select_config: S
     return estimate_view(logs, view, config, reward_model=model, policy=name,
                          reward_model_name="the model's own reward model (optimistic on rows it was trained on)", world=world)
 
-
-def read_logs_for(path, schema, *, on_bad_row: str = "error", max_candidates: int | None = None) -> EncodedRows:
-    """Log rows encoded with a model's schema: a row the model cannot read (an unknown component, other
-    feature lengths) is a bad row naming its file and line."""
-    from genco import console
-    from genco.contract import DEFAULT_MAX_CANDIDATES
-    from genco.data import encode
-    from genco.files import ReadReport, read_rows
-
-    report = ReadReport()
-    rows = read_rows(path, "logs", on_bad_row=on_bad_row, max_candidates=max_candidates or DEFAULT_MAX_CANDIDATES,
-                     report=report, schema=schema)
-    data = encode(rows, schema, checked=True)
-    if report.skipped:
-        console.note(report.summary())
-    return data

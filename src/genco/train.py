@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from genco import console
-from genco.data import EncodedRows, batch_indices, collate
+from genco.data import EncodedRows, FeatureSchema, batch_indices, collate
 from genco.errors import GencoInputError
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
@@ -469,20 +469,24 @@ def train_generator(model: GenCO | RewardEnsemble, data: EncodedRows, config: Tr
         model.load_state_dict(best_state)
 
 
-def read_logs(path, *, on_bad_row: str = "error", max_candidates: int | None = None) -> tuple[EncodedRows, ReadReport]:
-    """Stream, validate and encode a log file or folder (bad rows raise, or are skipped and counted)."""
+def read_logs(path, *, on_bad_row: str = "error", max_candidates: int | None = None,
+              schema: FeatureSchema | None = None) -> tuple[EncodedRows, ReadReport]:
+    """Stream, validate and encode a log file or folder (bad rows raise, or are skipped and counted). With a
+    model's `schema`, rows are encoded in it, and a row the model cannot read (an unknown component, other
+    feature lengths) is a bad row naming its file and line."""
     from genco.contract import DEFAULT_MAX_CANDIDATES
     from genco.data import encode
     from genco.files import ReadReport, read_rows
 
     report = ReadReport()
-    rows = read_rows(path, "logs", on_bad_row=on_bad_row, max_candidates=max_candidates or DEFAULT_MAX_CANDIDATES, report=report)
+    rows = read_rows(path, "logs", on_bad_row=on_bad_row, max_candidates=max_candidates or DEFAULT_MAX_CANDIDATES, report=report,
+                     schema=schema)
     with console.progress("reading logs", None) as bar:
         def counted(rows):
             for row in rows:
                 bar.advance()
                 yield row
-        data = encode(counted(rows))
+        data = encode(counted(rows), schema, checked=schema is not None)
     if report.skipped:
         console.note(report.summary())
     return data, report

@@ -1,0 +1,121 @@
+"""The element report against the truth: do the attributed effects rank the shared elements as the world does?
+
+    python benchmarks/element_report.py                # the default world (genco simulate's defaults), GenCO and genco-no-mil
+    python benchmarks/element_report.py --quick        # a small world, one epoch: for CI
+
+For each model this trains on the world's random-exposure log, writes `genco report`'s folder (HTML and CSV),
+and compares, per shared component (highlight, tag, badge, cta: the elements that recur across ads, whose
+ranking a user acts on), the attributed effects with the true ones by Spearman rank correlation over the
+elements the report labels (at least MIN_IMPRESSIONS impressions). The true effect is the same quantity in the
+world's own click logit: each candidate swapped into the logged impression, centred within it, averaged
+over the judged impressions where the element was a candidate. It then opens the page in headless Chromium
+(when installed: `apt-get install chromium`) and checks that it renders, with every plot an image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from genco import console
+from genco.data import request_dict
+from genco.policies import make_genco
+from genco.report import MIN_IMPRESSIONS, build_report, judged_rows, write_report
+from genco.world import COMPONENTS, WorldConfig, simulate_in_memory
+
+SHARED = [spec.name for spec in COMPONENTS if spec.shared]
+
+
+def true_effects(world, data, rows: np.ndarray) -> dict[tuple[str, str], float]:
+    """(component, element) -> the world's mean centred swap logit over the judged rows."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    shown = data.shown_positions()
+    for r in rows:
+        request = request_dict(data, r)
+        logged = {}
+        for m, name in enumerate(data.schema.components):
+            if shown[r, m] >= 0:
+                logged[name] = request["components"][name][shown[r, m]]["id"]
+        for name in SHARED:
+            candidates = [c["id"] for c in request["components"].get(name, [])]
+            if len(candidates) < 2:
+                continue
+            p = world.click_probability_dicts([request] * len(candidates), [{**logged, name: c} for c in candidates])
+            logit = np.log(p) - np.log1p(-p)
+            for element, value in zip(candidates, logit - logit.mean()):
+                total = sums[(name, element)]
+                total[0] += value
+                total[1] += 1
+    return {key: s / n for key, (s, n) in sums.items()}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    rank = lambda x: np.argsort(np.argsort(x)).astype(float)  # noqa: E731 (no ties among continuous effects)
+    return float(np.corrcoef(rank(a), rank(b))[0, 1]) if len(a) > 2 else float("nan")
+
+
+def check_in_browser(page: Path) -> dict:
+    """Open the page in headless Chromium: its DOM after load, and a screenshot."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        return {"browser": None}
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        shot = Path(tmp) / "page.png"
+        subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000", page.resolve().as_uri()],
+                       capture_output=True, timeout=120)
+        screenshot = shot.stat().st_size if shot.exists() else 0
+    images = re.findall(r"<img [^>]*src=\"data:image/png;base64,", dom)
+    return {"browser": Path(browser).name, "tables": dom.count("<table"), "images": len(images), "screenshot_bytes": screenshot}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--impressions", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("reports/element-report"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    config = WorldConfig(seed=args.seed, impressions=args.impressions, requests=0)
+    variants = {"genco": {}, "genco-no-mil": {"mil": False}}
+    if args.quick:
+        config = WorldConfig(seed=args.seed, ads=80, impressions=4000, requests=0, max_candidates=8)
+        args.epochs, variants = 1, {"genco": {"reward_models": 1}, "genco-no-mil": {"mil": False, "reward_models": 1}}
+    console.set_quiet(True)
+    world, logs, _ = simulate_in_memory(config)
+    for name, options in variants.items():
+        model = make_genco("genco", seed=args.seed, epochs=args.epochs, **options).fit(logs).model
+        report = build_report(model, logs, seed=0, model_version=name)
+        folder = args.out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        files = write_report(report, folder)
+        truth = true_effects(world, logs, judged_rows(len(logs), 5000, 0))
+        by_component = {}
+        for component in SHARED:
+            rows = [r for r in report.elements if r.component == component and r.impressions >= MIN_IMPRESSIONS
+                    and np.isfinite(r.effect) and (component, r.element) in truth]
+            attributed = np.array([r.effect for r in rows])
+            true = np.array([truth[(component, r.element)] for r in rows])
+            by_component[component] = {"elements": len(rows), "spearman": round(spearman(attributed, true), 3)}
+        pooled = [r for r in report.elements if r.component in SHARED and r.impressions >= MIN_IMPRESSIONS
+                  and np.isfinite(r.effect) and (r.component, r.element) in truth]
+        print(json.dumps({
+            "model": name, "impressions": len(logs), "spearman_shared": round(spearman(
+                np.array([r.effect for r in pooled]), np.array([truth[(r.component, r.element)] for r in pooled])), 3),
+            "by_component": by_component, "labels": {k: sum(r.label == k for r in report.elements) for k in
+                                                     ("best", "good", "weak", "still learning")},
+            "page": str(files["html"]), "browser": check_in_browser(files["html"])}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
