@@ -28,6 +28,8 @@ bench-quick: install
 	$(BIN)/python benchmarks/variants.py --quick
 	$(BIN)/python benchmarks/serving.py --quick
 	$(BIN)/python benchmarks/component_regret.py --quick
+	$(BIN)/python benchmarks/ope_validation.py --quick
+	$(BIN)/python benchmarks/element_report.py --quick --out reports/element-report-quick
 	if command -v hey >/dev/null; then $(BIN)/python benchmarks/http_load.py --quick; else echo 'hey is not installed: benchmarks/http_load.py skipped'; fi
 	$(BIN)/genco bench --quick --quiet --out reports/bench-quick
 
@@ -37,6 +39,8 @@ bench: install
 	$(BIN)/python benchmarks/generator_objective.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/http_load.py
+	$(BIN)/python benchmarks/ope_validation.py
+	$(BIN)/python benchmarks/element_report.py
 	$(BIN)/genco bench --out reports/bench
 
 clean:

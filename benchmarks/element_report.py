@@ -8,7 +8,8 @@ and compares, per shared component (highlight, tag, badge, cta: the elements tha
 ranking a user acts on), the attributed effects with the true ones by Spearman rank correlation over the
 elements the report labels (at least MIN_IMPRESSIONS impressions). The true effect is the same quantity in the
 world's own click logit: each candidate swapped into the logged impression, centred within it, averaged
-over the judged impressions where the element was a candidate. It then opens the page in headless Chromium
+over the judged impressions where the element was a candidate. The raw CTR of each element (what a user
+would rank by without genco) is ranked against the same truth, for comparison. It then opens the page in headless Chromium
 (when installed: `apt-get install chromium`) and checks that it renders, with every plot an image.
 """
 
@@ -106,15 +107,22 @@ def main() -> None:
                     and np.isfinite(r.effect) and (component, r.element) in truth]
             attributed = np.array([r.effect for r in rows])
             true = np.array([truth[(component, r.element)] for r in rows])
-            by_component[component] = {"elements": len(rows), "spearman": round(spearman(attributed, true), 3)}
+            raw = np.array([r.ctr for r in rows])
+            by_component[component] = {"elements": len(rows), "spearman": round(spearman(attributed, true), 3),
+                                       "raw_ctr_spearman": round(spearman(raw, true), 3)}
         pooled = [r for r in report.elements if r.component in SHARED and r.impressions >= MIN_IMPRESSIONS
                   and np.isfinite(r.effect) and (r.component, r.element) in truth]
+        browser = check_in_browser(files["html"])
+        if browser["browser"] and (browser["tables"] == 0 or browser["images"] < len(SHARED) or not browser["screenshot_bytes"]):
+            raise SystemExit(f"{files['html']}: did not render in {browser['browser']}: {browser}")
         print(json.dumps({
             "model": name, "impressions": len(logs), "spearman_shared": round(spearman(
                 np.array([r.effect for r in pooled]), np.array([truth[(r.component, r.element)] for r in pooled])), 3),
+            "raw_ctr_spearman_shared": round(spearman(
+                np.array([r.ctr for r in pooled]), np.array([truth[(r.component, r.element)] for r in pooled])), 3),
             "by_component": by_component, "labels": {k: sum(r.label == k for r in report.elements) for k in
                                                      ("best", "good", "weak", "still learning")},
-            "page": str(files["html"]), "browser": check_in_browser(files["html"])}), flush=True)
+            "page": str(files["html"]), "browser": browser}), flush=True)
 
 
 if __name__ == "__main__":

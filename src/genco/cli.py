@@ -491,7 +491,7 @@ def report(
 ) -> None:
     """Which elements work, apart from the product's appeal: per element counts, raw CTR, attributed effect, label; products; pairs."""
     from genco.checkpoint import load_model
-    from genco.report import build_report, write_report
+    from genco.report import LABELS, build_report, write_report
     from genco.train import read_logs
 
     console.set_quiet(quiet)
@@ -505,7 +505,7 @@ def report(
     with console.progress("attributing", None):
         built = build_report(loaded, data, max_rows=max_rows, pair_rows_max=pair_rows, seed=seed, model_version=meta["model_version"])
     files = write_report(built, out)
-    labels = {name: sum(r.label == name for r in built.elements) for name in ("best", "good", "weak", "still learning")}
+    labels = {name: sum(r.label == name for r in built.elements) for name in LABELS}
     note(f"wrote {files['html']} and 3 CSV files: {len(built.elements)} elements ("
          + ", ".join(f"{v} {k}" for k, v in labels.items()) + f"), {len(built.products)} products, {len(built.pairs)} pairs")
 

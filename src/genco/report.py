@@ -258,7 +258,7 @@ def _csv_bytes(rows: list) -> bytes:
 
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+    from genco.plots import plt
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -268,10 +268,7 @@ def _png(fig) -> str:
 
 def effect_plot(rows: list[ElementRow], component: str, top: int = 25) -> str:
     """Attributed effects with their intervals, coloured by label: a base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from genco.plots import plt  # the Agg backend, set once there
 
     chosen = sorted((r for r in rows if r.component == component and np.isfinite(r.effect)), key=lambda r: -r.effect)
     if len(chosen) > top:
@@ -292,10 +289,7 @@ def effect_plot(rows: list[ElementRow], component: str, top: int = 25) -> str:
 
 
 def appeal_plot(products: list[ProductRow]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from genco.plots import plt  # the Agg backend, set once there
 
     fig, ax = plt.subplots(figsize=(6, 4))
     appeal = [p.appeal for p in products]
