@@ -44,8 +44,9 @@ MODES = ("greedy", "explore")
 #: whole-combination estimators rest on too few rows to be read.
 MIN_SUPPORT_ROWS = 30
 
-#: SNIPS is recommended when its weights are worth at least this many equally weighted impressions: its
-#: delta interval covers then (benchmarks/ope_validation.py), and it needs neither a model nor additivity.
+#: Without uniform logging, SNIPS is recommended when its weights are worth at least this many equally
+#: weighted impressions: its delta interval covered then (benchmarks/ope_validation.py: 95-100% of 20 seeds at
+#: an effective sample size of 500), and it needs neither a model nor additivity.
 RECOMMEND_SNIPS_ESS = 300
 
 
@@ -236,15 +237,21 @@ def _weighting_estimates(reward: np.ndarray, view: TargetView, logging: LoggingV
 
 
 def recommend(estimates: list[est.Estimate]) -> str | None:
-    """The estimator to read first on these logs (README, *Off-policy estimates*, shows why):
-    SNIPS when its weights are worth RECOMMEND_SNIPS_ESS impressions (no model, no additivity assumed);
-    otherwise DR-PI (uniform logging), DR, then DM: the whole-combination weights of a greedy target over a
-    large combination space are almost all zero, and the model-based ones are the only ones left to read."""
+    """The estimator to read first on these logs (README, *Off-policy estimates*, has the measurements):
+    SNPI where the logs are uniform exposure: over 20 seeds it covered the truth in 90-100% of them for every
+    target measured, greedy or explore, additive world or not, with the lowest RMSE or close to it; its
+    weights grow with the sum of the pools, so it stays usable for greedy targets over large combination
+    spaces, where whole-combination weights are almost all zero. Otherwise SNIPS when its weights are worth
+    RECOMMEND_SNIPS_ESS impressions (no model, no additivity assumed), then DR, then DM. DM and the DR forms
+    are never first on uniform logs: a model judging its own argmax is optimistic (winner's curse: +2 points
+    of CTR for GenCO's greedy policy), and DR-PI's correction does not remove that."""
     by_name = {e.estimator: e for e in estimates if np.isfinite(e.value)}
+    if "snpi" in by_name:
+        return "snpi"
     snips = by_name.get("snips")
     if snips is not None and snips.ess >= RECOMMEND_SNIPS_ESS:
         return "snips"
-    return next((name for name in ("dr-pi", "dr", "dm", "snips", "ips", "replay") if name in by_name), None)
+    return next((name for name in ("dr", "dm", "snips", "ips", "replay") if name in by_name), None)
 
 
 def _support_warnings(view: TargetView, logging: LoggingView, known: np.ndarray, weights: dict[str, np.ndarray]) -> list[dict[str, str]]:
