@@ -1,6 +1,7 @@
 """Off-policy evaluation on the user's own logs: what CTR (and RPM) a target policy would get before it goes live.
 
-`estimate_policy(logs, target, config)` is the Python API; `genco ope` its command line. Four steps:
+`estimate_model(logs, model, config)` and `estimate_named(logs, name, config)` are the Python API (both on
+`estimate_view`); `genco ope` is their command line. Four steps:
 
 1. **What the target would do** with each logged impression (`TargetView`): q, its probability of serving
    the logged combination; q_k, of serving the logged element of component k; and S draws of what it would
@@ -19,7 +20,7 @@
 
 A named policy (`genco bench --list`) is fitted on a random `fit_share` of the logs and judged on the rest,
 so that the estimate is out of sample. A model folder is judged on every row: give it logs it was not trained
-on, or its own reward model flatters it (DM and DR; the weighting estimators do not use a model).
+on. On its own training logs its choices follow that log's click noise, and every estimator flatters it.
 """
 
 from __future__ import annotations

@@ -147,11 +147,11 @@ def element_rows(model, data: EncodedRows, rows: np.ndarray) -> list[ElementRow]
         by_id: dict[str, dict] = defaultdict(lambda: {"entries": [], "impressions": 0, "clicks": 0})
         for entry, element in enumerate(ids):
             by_id[element]["entries"].append(entry)
-        served_id = np.asarray([ids[e] for e in served], dtype=object)
-        clicks = data.click[served_rows]
+        impressions = np.bincount(served, minlength=len(ids))  # per table entry
+        clicks = np.bincount(served, weights=data.click[served_rows], minlength=len(ids))
         for element, group in by_id.items():
-            mask = served_id == element
-            group["impressions"], group["clicks"] = int(mask.sum()), int(clicks[mask].sum())
+            group["impressions"] = int(impressions[group["entries"]].sum())
+            group["clicks"] = int(round(clicks[group["entries"]].sum()))
         for element, group in by_id.items():
             entries = group["entries"]
             count = float(record["count"][entries].sum())
