@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from genco.data import EncodedRows, batch_indices, collate
-from genco.model import CrossAttention, GenCO
+from genco.ensemble import reward_models
+from genco.model import CrossAttention
 
 
 @dataclass
@@ -83,7 +84,7 @@ def attention_map(model, requests: EncodedRows, *, rows: np.ndarray | None = Non
     """The relative attention weights of a GenCO or a RewardEnsemble on the requests, or on the given rows of
     them (see the module doc). Log rows serve as well: only their candidates are used."""
     rows = np.arange(len(requests)) if rows is None else np.asarray(rows)
-    members: list[GenCO] = list(getattr(model, "members", [model]))
+    members = reward_models(model)
     names = requests.schema.components
     M = len(names)
     bag, pool = [_Accumulator(M) for _ in members], _Accumulator(M)

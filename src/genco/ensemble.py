@@ -84,3 +84,13 @@ class RewardEnsemble(nn.Module):
     def click_logit(self, enc: EnsembleEncoded, combos: torch.Tensor) -> torch.Tensor:
         creative, _, _ = self.reward(enc, combos)
         return enc.appeal[:, None] + creative  # (B, K)
+
+
+def reward_models(model: GenCO | RewardEnsemble) -> list[GenCO]:
+    """The reward models of a GenCO (itself) or of an ensemble (its members), in order."""
+    return list(getattr(model, "members", [model]))
+
+
+def member_encodings(enc: Encoded | EnsembleEncoded) -> list[Encoded]:
+    """The encodings of `model.encode(batch)` that go with `reward_models(model)`, in the same order."""
+    return list(getattr(enc, "members", [enc]))

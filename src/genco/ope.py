@@ -34,6 +34,7 @@ import torch
 from genco import estimators as est
 from genco.baselines.base import Policy, request_counts
 from genco.data import EncodedRows, batch_indices, collate, request_dict, selections_at
+from genco.ensemble import member_encodings, reward_models
 from genco.errors import GencoInputError
 from genco.model import GenCO, mix_uniform
 from genco.options import OptionError, bounded, check_options, seed_field
@@ -125,7 +126,7 @@ def _exact_explore_view(model, data: EncodedRows, config: OPEConfig) -> TargetVi
     for idx in batch_indices(len(data), 1024):
         batch = collate(data, idx)
         enc = model.encode(batch)
-        own = enc.members[0] if hasattr(enc, "members") else enc
+        own = member_encodings(enc)[0]  # the generating member's
         log_pi = mix_uniform(generator.log_pi(generator.policy_scores(own), own), own, config.epsilon)  # (B, T)
         logged = torch.from_numpy(shown[idx])[:, None, :]  # (B, 1, M)
         slot, present = GenCO.slots(logged, own)
@@ -189,11 +190,10 @@ def logging_view(data: EncodedRows, assume_uniform: bool) -> LoggingView:
 def member_logits(model, data: EncodedRows, combos: np.ndarray) -> np.ndarray:
     """Click logits of combinations (n, C, M) by every reward model of `model`: (members, n, C)."""
     model.eval()
-    members = list(getattr(model, "members", [model]))
+    members = reward_models(model)
     out = []
     for idx in batch_indices(len(data), 1024):
-        enc = model.encode(collate(data, idx))
-        encs = getattr(enc, "members", [enc])
+        encs = member_encodings(model.encode(collate(data, idx)))
         combo = torch.from_numpy(combos[idx])
         out.append(torch.stack([m.click_logit(e, combo) for m, e in zip(members, encs)]).double().numpy())
     return np.concatenate(out, axis=1)

@@ -39,9 +39,9 @@ import torch
 
 from genco.baselines.base import shown_entries
 from genco.data import EncodedRows, batch_indices, collate
+from genco.ensemble import member_encodings, reward_models
 from genco.estimators import Z95
 from genco.files import atomic_write_bytes, output_folder
-from genco.model import GenCO
 from genco.select import SelectConfig, choose, swap_scores
 
 #: Impressions an element needs before it gets a label other than "still learning".
@@ -84,20 +84,11 @@ class PairRow:
     interaction: float  # mean double-centred logit
 
 
-def _members(model) -> list[GenCO]:
-    return list(getattr(model, "members", [model]))
-
-
-def _member_encodings(model, batch) -> list:
-    enc = model.encode(batch)
-    return list(getattr(enc, "members", [enc]))
-
-
 @torch.inference_mode()
 def element_effects(model, data: EncodedRows, rows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Per component: the sum over judged rows of each table entry's centred swap logit, per reward model
     (members, E), the sum of squares of the members' mean (E,), and the rows it was a candidate in (E,)."""
-    members = _members(model)
+    members = reward_models(model)
     shown = data.shown_positions()
     out = {}
     for name in data.schema.components:
@@ -105,7 +96,7 @@ def element_effects(model, data: EncodedRows, rows: np.ndarray) -> dict[str, dic
         out[name] = {"sum": np.zeros((len(members), E)), "square": np.zeros(E), "count": np.zeros(E)}
     for idx in batch_indices(len(rows), 256):
         batch = collate(data, rows[idx])
-        encs = _member_encodings(model, batch)
+        encs = member_encodings(model.encode(batch))
         combo = torch.from_numpy(shown[rows[idx]])  # (B, M)
         for m, name in enumerate(data.schema.components):
             a, b = encs[0].slices[m]
@@ -187,19 +178,20 @@ def product_rows(model, data: EncodedRows, rows: np.ndarray) -> list[ProductRow]
         enc = model.encode(batch)
         appeal[idx] = enc.appeal.double().numpy()
         served_p[idx] = torch.sigmoid(model.click_logit(enc, torch.from_numpy(shown[rows[idx]])[:, None, :])[:, 0]).numpy()
-    ads = np.asarray([data.ad_ids[r] for r in rows], dtype=object)
-    firsts = {}
-    for k, ad in enumerate(ads):
-        firsts.setdefault(ad, k)
-    first_rows = rows[np.asarray(list(firsts.values()))]
-    best = choose(model, data.take(first_rows), greedy=True, config=SelectConfig())
-    all_ads = np.asarray(data.ad_ids, dtype=object)
+    ads, ad_of_row = np.unique(np.asarray(data.ad_ids, dtype=object), return_inverse=True)  # every logged row's ad
+    impressions = np.bincount(ad_of_row, minlength=len(ads))
+    clicks = np.bincount(ad_of_row, weights=data.click, minlength=len(ads))
+    judged_ad = ad_of_row[rows]  # (R,) the ad of every judged row
+    present, first = np.unique(judged_ad, return_index=True)  # the judged ads and each one's first judged row
+    appeal_sum = np.bincount(judged_ad, weights=appeal, minlength=len(ads))
+    served_sum = np.bincount(judged_ad, weights=served_p, minlength=len(ads))
+    judged = np.bincount(judged_ad, minlength=len(ads))
+    best = choose(model, data.take(rows[first]), greedy=True, config=SelectConfig())
     out = []
-    for (ad, k), score, selection in zip(firsts.items(), best.score, best.selections):
-        mask, logged = ads == ad, all_ads == ad
-        impressions, clicks = int(logged.sum()), int(data.click[logged].sum())
-        out.append(ProductRow(ad, impressions, clicks, clicks / impressions, float(appeal[mask].mean()), float(served_p[mask].mean()),
-                              float(score), "; ".join(f"{c}={e}" for c, e in selection.items())))
+    for a, score, selection in zip(present, best.score, best.selections):
+        n, c = int(impressions[a]), int(round(clicks[a]))
+        out.append(ProductRow(str(ads[a]), n, c, c / n, float(appeal_sum[a] / judged[a]), float(served_sum[a] / judged[a]),
+                              float(score), "; ".join(f"{k}={e}" for k, e in selection.items())))
     return sorted(out, key=lambda r: -r.impressions)
 
 

@@ -28,6 +28,7 @@ import torch
 
 from genco.contract import DEFAULT_MAX_CANDIDATES, Request, Selection
 from genco.data import EncodedRows, batch_indices, collate, encode, selections_at
+from genco.ensemble import reward_models
 from genco.lean import GreedyProgram, every_combination, grid_inputs
 from genco.model import Encoded, GenCO
 from genco.noise import RequestNoise
@@ -170,7 +171,7 @@ def rows_per_batch(model: GenCO | RewardEnsemble, data: EncodedRows, config: Sel
     pools = [int(data.candidate_counts(name).max(initial=0)) for name in data.schema.components]
     T, widest = max(sum(pools), 1), max(pools, default=1)
     width = 4 * c.dim + c.hidden + c.heads * M
-    members = len(getattr(model, "members", [model]))
+    members = len(reward_models(model))
     per_row = members * max(c.heads * T * T + T * width,
                             (1 + max(config.k, config.enumerate_up_to)) * M * width,
                             min(config.refine_starts, 1 + config.k) * widest * M * width)
