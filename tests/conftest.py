@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,21 @@ import httpx
 import pytest
 
 from genco.world import WorldConfig, simulate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """Exported graphs (genco.export.cached_export) go to a folder of this test session, not the user's cache:
+    each layout is exported once per session, and the servers the tests start (which inherit the variable)
+    reuse it."""
+    folder = tmp_path_factory.mktemp("genco-cache")
+    previous = os.environ.get("GENCO_CACHE")
+    os.environ["GENCO_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("GENCO_CACHE", None)
+    else:
+        os.environ["GENCO_CACHE"] = previous
 
 
 def run_genco(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -142,3 +142,23 @@ def test_exported_file_serves_select(genco_here, tiny_model, tiny_world, tmp_pat
     model, _ = load_model(tiny_model)
     data = encode(load_requests(tiny_world / "requests.jsonl")[:128], model.schema)
     assert_same_answers(model, data, OnnxGreedy(onnx_file), SelectConfig(k=16))
+
+
+def test_exported_graphs_are_cached_by_layout(edge_model_and_onnx, tmp_path, monkeypatch):
+    """A second model of the same layout is served from the cached graph with its own weights (no export);
+    a damaged cache file is exported again, never an error."""
+    import genco.export
+
+    model, data, _ = edge_model_and_onnx
+    monkeypatch.setenv("GENCO_CACHE", str(tmp_path))
+    first = onnx_program(LeanGreedy(model), threads=1)
+    cached = list(tmp_path.glob("lean-*.onnx"))
+    assert len(cached) == 1
+    monkeypatch.setattr(genco.export, "export_onnx", lambda lean: pytest.fail("exported again"))
+    retrained = model_for(data.schema, {"context_attention": True}, 3, seed=2)
+    assert_same_answers(retrained, data, onnx_program(LeanGreedy(retrained), threads=1), SelectConfig(k=16, batch_size=64))
+    monkeypatch.undo()
+    monkeypatch.setenv("GENCO_CACHE", str(tmp_path))
+    cached[0].write_bytes(b"not a graph")
+    assert_same_answers(model, data, onnx_program(LeanGreedy(model), threads=1), SelectConfig(k=16, batch_size=64))
+    assert cached[0].read_bytes() == first.onnx_model, "the damaged file is replaced by the fresh export"

@@ -275,11 +275,12 @@ Mode = Annotated[ModeChoice, typer.Option(help="Greedy answers: search (best of 
 
 
 class RuntimeChoice(str, Enum):
+    auto = "auto"
     torch = "torch"
     onnx = "onnx"
 
 
-Runtime = Annotated[RuntimeChoice, typer.Option(help="What runs greedy best-of-k and argmax answers: torch (the lean program, genco/lean.py) or onnx (its ONNX export in ONNX Runtime; the export takes 10-25 s at start, a reload of a retrained model swaps its weights in). The same answers either way; search mode and explore answers use the full model.")]
+Runtime = Annotated[RuntimeChoice, typer.Option(help="What runs greedy best-of-k and argmax answers: torch (the lean program, genco/lean.py), onnx (its ONNX export in ONNX Runtime, about twice as fast at batch 1; the export takes 10-25 s the first time a model layout is seen, then it is cached: $GENCO_CACHE, default ~/.cache/genco; a reload of a retrained model swaps its weights in) or auto (onnx where genco[onnx] is installed, else torch; serve's default). The same answers either way; search mode and explore answers use the full model.")]
 
 
 @app.command()
@@ -323,7 +324,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed at start).")] = 8000,
     mode: Mode = ModeChoice.best_of_k,
-    runtime: Runtime = RuntimeChoice.torch,
+    runtime: Runtime = RuntimeChoice.auto,
     k: SelectK = 16,
     refine_passes: RefinePasses = 2,
     refine_starts: RefineStarts = 4,

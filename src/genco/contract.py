@@ -149,11 +149,14 @@ class Request(_Row):
         for name, candidates in self.components.items():
             if not candidates:
                 raise _custom("empty-candidates", f"component {shown_value(name)} has no candidates")
+            ids = [element.id for element in candidates]
+            if len(set(ids)) == len(ids):
+                continue
             seen: set[str] = set()
-            for element in candidates:
-                if element.id in seen:
-                    raise _custom("duplicate-element-id", f"component {shown_value(name)} lists element {shown_value(element.id)} twice")
-                seen.add(element.id)
+            for element_id in ids:  # the first repeated id, named
+                if element_id in seen:
+                    raise _custom("duplicate-element-id", f"component {shown_value(name)} lists element {shown_value(element_id)} twice")
+                seen.add(element_id)
         return self
 
     def candidate_ids(self, component: str) -> list[str]:
@@ -303,21 +306,24 @@ class DatasetShape:
                               ("request_id",))
         if isinstance(row, Request):
             # Check every length before remembering any, so that a rejected (skipped) row leaves no trace.
-            pending: list[tuple[str, str, int, tuple]] = [("user", "user", len(row.user), ("user",))]
+            # One list of lengths per key; the message is only built for an error.
+            pending: list[tuple[str, str | None, list[int]]] = [("user", None, [len(row.user)])]
             if row.ad is not None:
-                pending.append(("ad", "ad", len(row.ad), ("ad",)))
-            for name, candidates in row.components.items():
-                for i, element in enumerate(candidates):
-                    pending.append((f"component:{name}", f"features of {shown_value(name)} element {shown_value(element.id)}",
-                                    len(element.features), ("components", name, i, "features")))
+                pending.append(("ad", None, [len(row.ad)]))
+            pending += [(f"component:{name}", name, [len(element.features) for element in candidates])
+                        for name, candidates in row.components.items()]
             staged: dict[str, tuple[int, Location | ItemLocation]] = {}
-            for key, what, length, field in pending:
-                known = self.lengths.get(key) or staged.get(key)
-                if known is None:
-                    staged[key] = (length, location)
-                elif known[0] != length:
+            for key, name, lengths in pending:
+                known = self.lengths.get(key) or staged.get(key) or (lengths[0], location)
+                if lengths.count(known[0]) != len(lengths):
+                    i = next(i for i, n in enumerate(lengths) if n != known[0])
+                    what, field = (key, (key,)) if name is None else (
+                        f"features of {shown_value(name)} element {shown_value(row.components[name][i].id)}",
+                        ("components", name, i, "features"))
                     raise BadRowError(location, "feature-length",
-                                      f"{what} has length {length}, but {known[0]} was set by {known[1]}", field)
+                                      f"{what} has length {lengths[i]}, but {known[0]} was set by {known[1]}", field)
+                if key not in self.lengths:
+                    staged[key] = known
             self.lengths.update(staged)
         self._request_ids.add(row.request_id)
 

@@ -76,6 +76,9 @@ class FeatureSchema:
                 return ("unknown-component", f"component {shown_value(name)} was not in the training logs "
                         f"(known: {', '.join(self.components)})", ("components", name))
             want = self.feature_dims[name]
+            lengths = [len(element.features) for element in candidates]
+            if lengths.count(want) == len(lengths):
+                continue
             for i, element in enumerate(candidates):
                 if len(element.features) != want:
                     return ("feature-length", f"{shown_value(name)} element {shown_value(element.id)} has "

@@ -242,12 +242,18 @@ class LeanGreedy(nn.Module):
 def greedy_program(model: GenCO | RewardEnsemble, mode: str, runtime: str = "torch", threads: int = 0,
                    previous: GreedyProgram | None = None) -> GreedyProgram | None:
     """What answers `mode`'s greedy calls: a LeanGreedy (runtime torch) or its ONNX export run by ONNX Runtime
-    (runtime onnx, with `threads` threads, 0 for its default; the export takes seconds, a reload that keeps the
-    model's layout reuses `previous`'s graph), or None where the full model answers (the search mode, whose
-    coordinate ascent is data-dependent, and variants with a generator of their own)."""
+    (runtime onnx, with `threads` threads, 0 for its default; the export takes seconds the first time a
+    layout is seen, genco.export.cached_export; a reload that keeps the layout reuses `previous`'s graph;
+    runtime auto: onnx where the [onnx] extra is installed, else torch), or None where the full model
+    answers (the search mode, whose coordinate ascent is data-dependent, and variants with a generator of
+    their own)."""
     if mode == "search" or not LeanGreedy.supports(model):
         return None
     lean = LeanGreedy(model)
+    if runtime == "auto":
+        from genco.export import onnx_available
+
+        runtime = "onnx" if onnx_available() else "torch"
     if runtime == "onnx":
         from genco.export import onnx_program
 

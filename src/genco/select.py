@@ -28,10 +28,12 @@ import torch
 
 from genco.contract import DEFAULT_MAX_CANDIDATES, Request, Selection
 from genco.data import EncodedRows, batch_indices, collate, encode, selections_at
+from genco.errors import BadRowError, ItemLocation
 from genco.ensemble import reward_models
 from genco.lean import GreedyProgram, every_combination, grid_inputs
 from genco.model import Encoded, GenCO
 from genco.noise import RequestNoise
+from genco.request_grid import grid_selections, request_grid
 from genco.options import MAX_K, OptionError, bounded, check_options
 
 if TYPE_CHECKING:
@@ -161,14 +163,14 @@ def greedy_choice(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded,
 CELL_BUDGET = 1 << 26
 
 
-def rows_per_batch(model: GenCO | RewardEnsemble, data: EncodedRows, config: SelectConfig) -> int:
+def rows_per_batch(model: GenCO | RewardEnsemble, pools: list[int], config: SelectConfig) -> int:
     """config.batch_size, or fewer rows so that the largest tensors of one batch stay within CELL_BUDGET.
+    pools: the largest candidate count of each component.
 
     Per row, the widest of: the generator's attention over all T candidates (heads x T x T), the reward
     model on 1 + K combinations, and the coordinate ascent's trials (starts x largest pool), each with
     M elements of width about 4 d + hidden; times the number of reward models."""
-    c, M = model.config, max(len(data.schema.components), 1)
-    pools = [int(data.candidate_counts(name).max(initial=0)) for name in data.schema.components]
+    c, M = model.config, max(len(pools), 1)
     T, widest = max(sum(pools), 1), max(pools, default=1)
     width = 4 * c.dim + c.hidden + c.heads * M
     members = len(reward_models(model))
@@ -194,7 +196,8 @@ def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, co
     M = len(data.schema.components)
     lean = greedy and program is not None and config.mode != "search"
     positions, scores, propensities, selections = [np.empty((0, M), np.int64)], [np.empty(0)], [np.empty(0)], []
-    for idx in batch_indices(len(data), rows_per_batch(model, data, config)):
+    pools = [int(data.candidate_counts(name).max(initial=0)) for name in data.schema.components]
+    for idx in batch_indices(len(data), rows_per_batch(model, pools, config)):
         if lean:
             inputs = grid_inputs(collate(data, idx, grid=True), 0 if config.mode == "argmax" else config.k,
                                  config.enumerate_up_to if config.mode == "best-of-k" else 0)
@@ -225,12 +228,37 @@ def select_requests(model: GenCO | RewardEnsemble, requests: list[Request], *, g
                     seed: int = 0, checked: bool = False, program: GreedyProgram | None = None) -> list[Selection]:
     """Typed requests in, typed selections out (same order). Requests that do not fit the model raise
     BadRowError (with the request's index), unless `checked` says a RowChecker with its schema passed them."""
+    config = config or SelectConfig()
+    if greedy and program is not None and config.mode != "search":
+        return lean_select(model, requests, config, program, checked)
     data = encode(requests, model.schema, checked=checked)
     chosen = choose(model, data, greedy=greedy, config=config, seed=seed, program=program)
     return [
         Selection(request_id=r.request_id, selection=s, score=float(score), propensity=float(p))
         for r, s, score, p in zip(requests, chosen.selections, chosen.score, chosen.propensity)
     ]
+
+
+def lean_select(model: GenCO | RewardEnsemble, requests: list[Request], config: SelectConfig, program: GreedyProgram,
+                checked: bool) -> list[Selection]:
+    """select_requests' greedy answers by the lean program, the requests written into its grid directly
+    (genco.request_grid): the answers choose(..., program=program) gives, without the element tables."""
+    schema = model.schema
+    if not checked:
+        for i, request in enumerate(requests):
+            if problem := schema.problem(request):
+                raise BadRowError(ItemLocation(i), *problem)
+    pools = [max((len(r.components.get(name, ())) for r in requests), default=0) for name in schema.components]
+    k = 0 if config.mode == "argmax" else config.k
+    enumerate_up_to = config.enumerate_up_to if config.mode == "best-of-k" else 0
+    out: list[Selection] = []
+    for idx in batch_indices(len(requests), rows_per_batch(model, pools, config)):
+        part = [requests[i] for i in idx]
+        positions, logit = program.answer(request_grid(part, schema, k, enumerate_up_to))
+        score = torch.sigmoid(torch.from_numpy(logit).double()).numpy()  # as choose() computes it
+        out += [Selection(request_id=r.request_id, selection=s, score=float(p), propensity=1.0)
+                for r, s, p in zip(part, grid_selections(part, schema, positions), score)]
+    return out
 
 
 def select_file(model: GenCO | RewardEnsemble, requests_path, out_path, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0,

@@ -1,0 +1,60 @@
+"""Request rows straight into the lean program's grid inputs (genco.lean), and its answer back into selections.
+
+Why apart from genco.data. `encode` + `collate` build a columnar element table (each distinct element stored
+once, rows as indices into it), which is what a log of millions of rows needs; for the handful of requests of
+one served call that table is pure overhead, paid on every call (most of a batch-1 answer's time once the
+program itself is lean). Here each request's candidates are written into the (B, M, N) grid directly, one
+pass per component. The arrays are exactly `grid_inputs(collate(encode(requests), ..., grid=True), ...)`'s
+(tests/test_request_grid.py), so answers do not depend on which path built them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from genco.contract import Request
+from genco.data import FeatureSchema, element_bucket, request_key, stable_hash
+from genco.lean import every_combination
+from genco.noise import RequestNoise
+
+
+def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enumerate_up_to: int = 0) -> dict[str, np.ndarray]:
+    """The lean program's inputs for `requests` (which fit `schema`): every component padded to the widest pool
+    of the call, request-keyed noise for K samples, and every combination of rows with at most
+    `enumerate_up_to` of them as `extra`."""
+    names = schema.components
+    B, M = len(requests), len(names)
+    N = max((len(r.components.get(name, ())) for r in requests for name in names), default=0) or 1
+    mask = np.zeros((B, M, N), dtype=bool)
+    buckets = np.zeros((B, M, N), dtype=np.int64)
+    features = [np.zeros((B, N, schema.feature_dims[name]), dtype=np.float32) for name in names]
+    for b, request in enumerate(requests):
+        for m, name in enumerate(names):
+            candidates = request.components.get(name)
+            if not candidates:
+                continue
+            n = len(candidates)
+            mask[b, m, :n] = True
+            buckets[b, m, :n] = [element_bucket(name, element.id, schema.id_buckets) for element in candidates]
+            if features[m].shape[2]:
+                features[m][b, :n] = [element.features for element in candidates]
+    zeros = [0.0] * schema.ad_dim
+    arrays = {
+        "user": np.asarray([r.user for r in requests], dtype=np.float32).reshape(B, schema.user_dim),
+        "ad": np.asarray([zeros if r.ad is None else r.ad for r in requests], dtype=np.float32).reshape(B, schema.ad_dim),
+        "ad_bucket": np.asarray([stable_hash(r.ad_id) % schema.ad_buckets for r in requests], dtype=np.int64),
+        "element_bucket": buckets, "mask": mask,
+        "noise": RequestNoise(np.asarray([request_key(r) for r in requests], dtype=np.int64)).streams(k, N, range(M)).numpy(),
+        "extra": every_combination(mask.sum(axis=2), enumerate_up_to),
+    }
+    for m, f in enumerate(features):
+        arrays[f"features_{m}"] = f
+    return arrays
+
+
+def grid_selections(requests: Sequence[Request], schema: FeatureSchema, positions: np.ndarray) -> list[dict[str, str]]:
+    """Chosen positions (B, M) within components (-1: absent) -> {component: element id} per request."""
+    return [{name: request.components[name][p].id for name, p in zip(schema.components, row.tolist()) if p >= 0}
+            for request, row in zip(requests, positions)]
