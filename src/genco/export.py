@@ -121,13 +121,17 @@ def cache_folder() -> Path:
 
 
 def cached_export(lean: LeanGreedy) -> bytes:
-    """export_onnx(lean), from a graph exported earlier for the same signature (and torch and genco versions)
-    with `lean`'s weights swapped in where the cache has one: a server starts in about a second instead of
+    """export_onnx(lean), from a graph exported earlier for the same signature (and program code, torch and
+    genco versions) with `lean`'s weights swapped in where the cache has one: a server starts in about a second instead of
     the export's 10-25 s. The cache only saves time: a file that cannot be read or written is exported again."""
     from genco import __version__
     from genco.files import atomic_write_bytes
 
-    key = hashlib.sha256(json.dumps([signature(lean), torch.__version__, __version__]).encode()).hexdigest()[:32]
+    import genco.lean
+
+    program = Path(genco.lean.__file__).read_bytes().decode()  # the code that was traced, not only its weights
+    shapes = [[name, list(value.shape)] for name, value in lean.state_dict().items()]
+    key = hashlib.sha256(json.dumps([signature(lean), shapes, program, torch.__version__, __version__]).encode()).hexdigest()[:32]
     path = cache_folder() / f"lean-{key}.onnx"
     if path.is_file():
         try:
