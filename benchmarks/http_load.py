@@ -7,7 +7,8 @@ saturation, and through a model swap (issue 14).
 
 Each call holds one request of 6 components x 15 candidates (greedy). The server runs as a user starts it
 (`genco serve --port 0`, its defaults unless flags are given); hey (`apt-get install hey`) drives it with 16
-connections, each limited to rate / 16 calls per second (none at saturation). The swap run writes a new model
+connections (--connections), each limited to rate / 16 calls per second (none at saturation): hey's connections
+tick in step, so a fixed rate arrives as bursts of 16 simultaneous calls. The swap run writes a new model
 into the served folder halfway (as `genco train --out` would) while a watcher calls alongside hey and checks
 that once an answer names the new version, none names the old. Printed as JSON lines: calls, errors (any
 status but 200), p50 / p99 ms, achieved calls per second.
@@ -39,8 +40,6 @@ from genco.world import WorldConfig, simulate_in_memory
 sys.path.insert(0, str(Path(__file__).parent))
 from serving import full_pools  # noqa: E402
 
-CONNECTIONS = 16
-
 
 def start_server(model_dir: Path, flags: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "genco", "serve", "--model", str(model_dir), "--port", "0", *flags],
@@ -50,7 +49,7 @@ def start_server(model_dir: Path, flags: list[str], log: Path) -> tuple[subproce
         text = log.read_text()
         if " on http://" in text:
             url = text.split(" on http://", 1)[1].split()[0]
-            while httpx.get(f"http://{url}/healthz").status_code != 200:
+            while httpx.get(f"http://{url}/healthz", timeout=120).status_code != 200:  # workers may still be loading
                 time.sleep(0.05)
             return process, f"http://{url}"
         if process.poll() is not None:
@@ -59,22 +58,22 @@ def start_server(model_dir: Path, flags: list[str], log: Path) -> tuple[subproce
     raise SystemExit("genco serve did not start")
 
 
-def hey(url: str, body: Path, seconds: float, rate: int | None) -> dict:
+def hey(url: str, body: Path, seconds: float, rate: int | None, connections: int) -> dict:
     """One hey run; its per-call CSV summarised."""
-    command = ["hey", "-z", f"{seconds}s", "-c", str(CONNECTIONS), "-m", "POST", "-T", "application/json",
+    command = ["hey", "-z", f"{seconds}s", "-c", str(connections), "-m", "POST", "-T", "application/json",
                "-D", str(body), "-o", "csv"]
     if rate:
-        command += ["-q", str(max(1, rate // CONNECTIONS))]
+        command += ["-q", str(max(1, rate // connections))]
     result = subprocess.run([*command, f"{url}/v1/select"], capture_output=True, text=True, check=True)
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     times = np.asarray([float(r["response-time"]) for r in rows])
     errors = sum(r["status-code"] != "200" for r in rows)
-    return {"rate": rate or "saturation", "seconds": seconds, "calls": len(rows), "errors": errors,
+    return {"rate": rate or "saturation", "connections": connections, "seconds": seconds, "calls": len(rows), "errors": errors,
             "p50_ms": round(1000 * float(np.median(times)), 2), "p99_ms": round(1000 * float(np.quantile(times, 0.99)), 2),
             "calls_per_s": round(len(rows) / seconds, 1)}
 
 
-def swap_during(url: str, body: Path, seconds: float, rate: int, served: Path) -> dict:
+def swap_during(url: str, body: Path, seconds: float, rate: int, served: Path, connections: int) -> dict:
     """hey at `rate` with a new model written into the served folder halfway; a watcher checks the versions."""
     payload = body.read_bytes()
     old = httpx.get(f"{url}/healthz").json()["model_version"]
@@ -100,7 +99,7 @@ def swap_during(url: str, body: Path, seconds: float, rate: int, served: Path) -
     watcher, swapper = threading.Thread(target=watch), threading.Thread(target=swap)
     watcher.start()
     swapper.start()
-    figures = hey(url, body, seconds, rate)
+    figures = hey(url, body, seconds, rate, connections)
     swapper.join()
     time.sleep(1.0)
     stop.set()
@@ -119,6 +118,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rates", default="100,500,1000")
     parser.add_argument("--swap-rate", type=int, default=500)
+    parser.add_argument("--connections", type=int, default=16,
+                        help="hey's connections; each sends rate / connections calls per second, all in step, so a "
+                             "fixed rate arrives in bursts of this many calls")
     parser.add_argument("flags", nargs="*", help="genco serve flags, after --, e.g. -- --mode argmax")
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -141,8 +143,9 @@ def main() -> None:
         process, url = start_server(served, args.flags, tmp / "serve.log")
         try:
             for rate in [*rates, None]:
-                print(json.dumps({"flags": args.flags, **hey(url, body, seconds, rate)}), flush=True)
-            print(json.dumps({"flags": args.flags, **swap_during(url, body, seconds, swap_rate, served)}), flush=True)
+                print(json.dumps({"flags": args.flags, **hey(url, body, seconds, rate, args.connections)}), flush=True)
+            print(json.dumps({"flags": args.flags, **swap_during(url, body, seconds, swap_rate, served, args.connections)}),
+                  flush=True)
         finally:
             process.terminate()
             process.wait(timeout=30)

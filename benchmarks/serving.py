@@ -14,7 +14,8 @@ export in ONNX Runtime), and for the autoregressive variant, MVT's choose and (w
 predict, each fitted on the latency log: batch 1 on one thread, p50 and p99 of the time from request rows to
 answers (encoding included, as the server pays it), and throughput at batch 256 on two threads. For the lean
 runtimes also `program_*`: the program alone on inputs already built (what an ad server that feeds the ONNX
-file itself pays). Ratios are to GenCO's default (best-of-k, lean torch) in the same run. Printed as JSON lines.
+file itself pays). Ratios are to what `genco serve` runs by default (best-of-k in ONNX Runtime where genco[onnx]
+is installed, else the lean torch program) in the same run. Printed as JSON lines.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from genco import console
 from genco.contract import Request
 from genco.data import collate, encode
-from genco.export import OnnxGreedy, export_onnx
+from genco.export import OnnxGreedy, export_onnx, onnx_available
 from genco.lean import grid_inputs, greedy_program
 from genco.evaluate import Evaluator
 from genco.policies import make_policy
@@ -157,7 +158,8 @@ def main() -> None:
             continue
         rows[name] = latency_figures(lambda batch: peer.choose(encode(batch, latency_logs.schema), greedy=True), pools,
                                      calls, rounds, batch_size)
-    reference, throughput = rows[f"genco {SelectConfig.mode} lean torch"], f"batch{batch_size}_requests_per_s"
+    default = f"genco {SelectConfig.mode} {'onnx' if onnx_available() else 'lean torch'}"  # what genco serve runs
+    reference, throughput = rows[default], f"batch{batch_size}_requests_per_s"
     for name, measured in rows.items():
         print(json.dumps({"measure": "latency", "policy": name, "pools": "6 x 15", **measured,
                           "p50_vs_default": round(measured["p50_ms"] / reference["p50_ms"], 3),

@@ -17,7 +17,7 @@ from genco.data import encode
 from genco.files import finite_json, json_text, read_rows
 from genco.model import ModelConfig
 from genco.options import OptionError
-from genco.select import CELL_BUDGET, SelectConfig, rows_per_batch
+from genco.select import CELL_BUDGET, SelectConfig, largest_pools, rows_per_batch
 from genco.train import TrainConfig
 from genco.world import WorldConfig
 from tests.conftest import log_row, read_jsonl, run_genco, write_jsonl
@@ -74,7 +74,8 @@ def test_selection_batches_bound_memory_whatever_k(tiny_world, tiny_model):
 
     model, _ = load_model(tiny_model)
     data = encode(load_requests(tiny_world / "requests.jsonl"), model.schema)
-    small, large = rows_per_batch(model, data, SelectConfig(k=16)), rows_per_batch(model, data, SelectConfig(k=1024))
+    pools = largest_pools(data)
+    small, large = rows_per_batch(model, pools, SelectConfig(k=16)), rows_per_batch(model, pools, SelectConfig(k=1024))
     assert large < small <= 256
     assert large >= 1
     few = write_jsonl(tiny_world.parent / "few.jsonl", read_jsonl(tiny_world / "requests.jsonl")[:30])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -122,17 +123,16 @@ def cache_folder() -> Path:
 
 def cached_export(lean: LeanGreedy) -> bytes:
     """export_onnx(lean), from a graph exported earlier for the same signature (and program code, torch and
-    genco versions) with `lean`'s weights swapped in where the cache has one: a server starts in about a second instead of
-    the export's 10-25 s. The cache only saves time: a file that cannot be read or written is exported again."""
+    genco versions) with `lean`'s weights swapped in where the cache has one: a server starts in about a
+    second instead of the export's 10-25 s. The cache only saves time: a file that cannot be read or written
+    is exported again."""
     from genco import __version__
     from genco.files import atomic_write_bytes
 
-    import genco.lean
-
-    program = Path(genco.lean.__file__).read_bytes().decode()  # the code that was traced, not only its weights
-    shapes = [[name, list(value.shape)] for name, value in lean.state_dict().items()]
-    key = hashlib.sha256(json.dumps([signature(lean), shapes, program, torch.__version__, __version__]).encode()).hexdigest()[:32]
-    path = cache_folder() / f"lean-{key}.onnx"
+    key = hashlib.sha256(json.dumps([signature(lean), [[name, list(value.shape)] for name, value in lean.state_dict().items()],
+                                     torch.__version__, __version__]).encode())
+    key.update(Path(inspect.getsourcefile(LeanGreedy)).read_bytes())  # the code that was traced, not only its weights
+    path = cache_folder() / f"lean-{key.hexdigest()[:32]}.onnx"
     if path.is_file():
         try:
             return reweighted(path.read_bytes(), lean)

@@ -59,6 +59,10 @@ class SelectConfig:
         if self.mode not in MODES:
             raise OptionError("mode", " or ".join(repr(m) for m in MODES), self.mode)
 
+    def program_inputs(self) -> tuple[int, int]:
+        """The lean program's K and enumerate_up_to for this mode (argmax: no samples, no enumeration)."""
+        return (0, 0) if self.mode == "argmax" else (self.k, self.enumerate_up_to)
+
 
 @dataclass
 class Choices:
@@ -163,6 +167,11 @@ def greedy_choice(model: GenCO | RewardEnsemble, enc: Encoded | EnsembleEncoded,
 CELL_BUDGET = 1 << 26
 
 
+def largest_pools(data: EncodedRows) -> list[int]:
+    """The largest candidate count of each component over the rows: what rows_per_batch sizes batches by."""
+    return [int(data.candidate_counts(name).max(initial=0)) for name in data.schema.components]
+
+
 def rows_per_batch(model: GenCO | RewardEnsemble, pools: list[int], config: SelectConfig) -> int:
     """config.batch_size, or fewer rows so that the largest tensors of one batch stay within CELL_BUDGET.
     pools: the largest candidate count of each component.
@@ -196,11 +205,9 @@ def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, co
     M = len(data.schema.components)
     lean = greedy and program is not None and config.mode != "search"
     positions, scores, propensities, selections = [np.empty((0, M), np.int64)], [np.empty(0)], [np.empty(0)], []
-    pools = [int(data.candidate_counts(name).max(initial=0)) for name in data.schema.components]
-    for idx in batch_indices(len(data), rows_per_batch(model, pools, config)):
+    for idx in batch_indices(len(data), rows_per_batch(model, largest_pools(data), config)):
         if lean:
-            inputs = grid_inputs(collate(data, idx, grid=True), 0 if config.mode == "argmax" else config.k,
-                                 config.enumerate_up_to if config.mode == "best-of-k" else 0)
+            inputs = grid_inputs(collate(data, idx, grid=True), *config.program_inputs())
             chosen, logit = program.answer(inputs)
             positions.append(chosen)
             scores.append(torch.sigmoid(torch.from_numpy(logit).double()).numpy())
@@ -249,12 +256,10 @@ def lean_select(model: GenCO | RewardEnsemble, requests: list[Request], config: 
             if problem := schema.problem(request):
                 raise BadRowError(ItemLocation(i), *problem)
     pools = [max((len(r.components.get(name, ())) for r in requests), default=0) for name in schema.components]
-    k = 0 if config.mode == "argmax" else config.k
-    enumerate_up_to = config.enumerate_up_to if config.mode == "best-of-k" else 0
     out: list[Selection] = []
     for idx in batch_indices(len(requests), rows_per_batch(model, pools, config)):
         part = [requests[i] for i in idx]
-        positions, logit = program.answer(request_grid(part, schema, k, enumerate_up_to))
+        positions, logit = program.answer(request_grid(part, schema, *config.program_inputs()))
         score = torch.sigmoid(torch.from_numpy(logit).double()).numpy()  # as choose() computes it
         out += [Selection(request_id=r.request_id, selection=s, score=float(p), propensity=1.0)
                 for r, s, p in zip(part, grid_selections(part, schema, positions), score)]
