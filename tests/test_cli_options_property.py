@@ -32,7 +32,8 @@ COMMANDS = {
                     "--epsilon": ["0", "0.5", "1"], "--seed": ["0", "9"], "--max-candidates": ["100"],
                     "--enumerate-up-to": ["0", "1", "4096"]}),
     "validate": ([], {"--max-candidates": ["1", "9", "100"]}),
-    "serve": (["--runtime", "torch"], {"--port": ["0"],  # torch: an ONNX session per example costs seconds (tests/test_lean.py covers it) "--max-requests": ["1", "10"], "--max-body-bytes": ["1024", "100000"],
+    # serve with torch: an ONNX session per example costs seconds (tests/test_lean.py covers that runtime)
+    "serve": (["--runtime", "torch"], {"--port": ["0"], "--max-requests": ["1", "10"], "--max-body-bytes": ["1024", "100000"],
                    "--max-candidates": ["10"], "--k": ["0", "4"], "--epsilon": ["0.1"], "--refine-starts": ["1"]}),
     "bench": (["--quick", "--policies", "random,counting", "--scenarios", "offline"],
               {"--seeds": ["1", "2"], "--impressions": ["1", "3", "50"]}),
