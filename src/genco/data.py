@@ -37,6 +37,10 @@ def element_bucket(component: str, element_id: str, buckets: int) -> int:
     return stable_hash(f"{component}\x1f{element_id}") % buckets
 
 
+def ad_bucket(ad_id: str, buckets: int) -> int:
+    return stable_hash(ad_id) % buckets
+
+
 def request_key(row: Request) -> int:
     """A 63-bit hash of a request's content: product, context and every candidate (ids, features, order), but
     not its request_id. Greedy selection draws its samples from it (genco.noise), so that the same request gets
@@ -64,6 +68,11 @@ class FeatureSchema:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def require(self, row: Request, index: int) -> None:
+        """Raise BadRowError, naming request `index` of a list, if `row` does not fit this schema."""
+        if problem := self.problem(row):
+            raise BadRowError(ItemLocation(index), *problem)
 
     def problem(self, row: Request) -> tuple[str, str, tuple] | None:
         """Why `row` does not fit this schema, as (contract rule, detail, field); None if it does."""
@@ -210,9 +219,8 @@ class Encoder:
     def add(self, row: Request, *, checked: bool = False) -> None:
         """Append one row; with a fixed schema it must fit (BadRowError otherwise) unless `checked` says it was."""
         if self.fixed:
-            problem = None if checked else self.schema.problem(row)
-            if problem:
-                raise BadRowError(ItemLocation(len(self.request_ids)), *problem)
+            if not checked:
+                self.schema.require(row, len(self.request_ids))
         else:
             self._learn(row)
         self.request_ids.append(row.request_id)
@@ -262,14 +270,14 @@ class Encoder:
                 "shown": np.asarray(c.shown, dtype=np.int32),
             }
         zeros = [0.0] * s.ad_dim
-        ad_bucket = np.asarray([stable_hash(a) % s.ad_buckets for a in self.ad_ids], dtype=np.int64)
+        ad_buckets = np.asarray([ad_bucket(a, s.ad_buckets) for a in self.ad_ids], dtype=np.int64)
         logs = self._has_logs
         return EncodedRows(
             schema=s,
             request_ids=self.request_ids,
             user=np.asarray(self.user, dtype=np.float32).reshape(n, s.user_dim),
             ad=np.asarray([zeros if a is None else a for a in self.ad], dtype=np.float32).reshape(n, s.ad_dim),
-            ad_bucket=ad_bucket,
+            ad_bucket=ad_buckets,
             ad_ids=self.ad_ids,
             columns=columns,
             element_ids={name: c.ids for name, c in self.columns.items()},

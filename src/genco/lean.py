@@ -268,13 +268,21 @@ def grid_inputs(batch: Batch, k: int, enumerate_up_to: int = 0) -> dict[str, np.
     M = len(batch.slices)
     B, T = batch.mask.shape
     N = T // max(M, 1)
-    mask = batch.mask.numpy().reshape(B, M, N)
-    draws = RequestNoise(batch.row_key).streams(k, N, range(M)).numpy()  # (B, K, M, N): stream m is component m
-    arrays = {"user": batch.user.numpy(), "ad": batch.ad.numpy(), "ad_bucket": batch.ad_bucket.numpy(),
-              "element_bucket": batch.element_bucket.numpy().reshape(B, M, N), "mask": mask, "noise": draws,
+    return grid_arrays(batch.user.numpy(), batch.ad.numpy(), batch.ad_bucket.numpy(), batch.element_bucket.numpy().reshape(B, M, N),
+                       batch.mask.numpy().reshape(B, M, N), [f.numpy() for f in batch.features], batch.row_key, k, enumerate_up_to)
+
+
+def grid_arrays(user: np.ndarray, ad: np.ndarray, ad_bucket: np.ndarray, element_bucket: np.ndarray, mask: np.ndarray,
+                features: list[np.ndarray], row_key: np.ndarray, k: int, enumerate_up_to: int) -> dict[str, np.ndarray]:
+    """The program's inputs by name from a batch's grid columns (mask and element_bucket (B, M, N), features[m]
+    (B, N, F_m)), with the request-keyed noise and the enumerated small pools: the one place both ways of
+    building a batch (grid_inputs, genco.request_grid) name and complete them."""
+    B, M, N = mask.shape
+    draws = RequestNoise(row_key).streams(k, N, range(M)).numpy()  # (B, K, M, N): stream m is component m
+    arrays = {"user": user, "ad": ad, "ad_bucket": ad_bucket, "element_bucket": element_bucket, "mask": mask, "noise": draws,
               "extra": every_combination(mask.sum(axis=2), enumerate_up_to)}
-    for m, f in enumerate(batch.features):
-        arrays[f"features_{m}"] = f.numpy()
+    for m, f in enumerate(features):
+        arrays[f"features_{m}"] = f
     return arrays
 
 

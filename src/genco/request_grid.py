@@ -15,9 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from genco.contract import Request
-from genco.data import FeatureSchema, element_bucket, request_key, stable_hash
-from genco.lean import every_combination
-from genco.noise import RequestNoise
+from genco.data import FeatureSchema, ad_bucket, element_bucket, request_key
+from genco.lean import grid_arrays
 
 
 def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enumerate_up_to: int = 0) -> dict[str, np.ndarray]:
@@ -41,17 +40,10 @@ def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enu
             if features[m].shape[2]:
                 features[m][b, :n] = [element.features for element in candidates]
     zeros = [0.0] * schema.ad_dim
-    arrays = {
-        "user": np.asarray([r.user for r in requests], dtype=np.float32).reshape(B, schema.user_dim),
-        "ad": np.asarray([zeros if r.ad is None else r.ad for r in requests], dtype=np.float32).reshape(B, schema.ad_dim),
-        "ad_bucket": np.asarray([stable_hash(r.ad_id) % schema.ad_buckets for r in requests], dtype=np.int64),
-        "element_bucket": buckets, "mask": mask,
-        "noise": RequestNoise(np.asarray([request_key(r) for r in requests], dtype=np.int64)).streams(k, N, range(M)).numpy(),
-        "extra": every_combination(mask.sum(axis=2), enumerate_up_to),
-    }
-    for m, f in enumerate(features):
-        arrays[f"features_{m}"] = f
-    return arrays
+    return grid_arrays(np.asarray([r.user for r in requests], dtype=np.float32).reshape(B, schema.user_dim),
+                       np.asarray([zeros if r.ad is None else r.ad for r in requests], dtype=np.float32).reshape(B, schema.ad_dim),
+                       np.asarray([ad_bucket(r.ad_id, schema.ad_buckets) for r in requests], dtype=np.int64), buckets, mask,
+                       features, np.asarray([request_key(r) for r in requests], dtype=np.int64), k, enumerate_up_to)
 
 
 def grid_selections(requests: Sequence[Request], schema: FeatureSchema, positions: np.ndarray) -> list[dict[str, str]]:

@@ -28,7 +28,6 @@ import torch
 
 from genco.contract import DEFAULT_MAX_CANDIDATES, Request, Selection
 from genco.data import EncodedRows, batch_indices, collate, encode, selections_at
-from genco.errors import BadRowError, ItemLocation
 from genco.ensemble import reward_models
 from genco.lean import GreedyProgram, every_combination, grid_inputs
 from genco.model import Encoded, GenCO
@@ -253,8 +252,7 @@ def lean_select(model: GenCO | RewardEnsemble, requests: list[Request], config: 
     schema = model.schema
     if not checked:
         for i, request in enumerate(requests):
-            if problem := schema.problem(request):
-                raise BadRowError(ItemLocation(i), *problem)
+            schema.require(request, i)
     pools = [max((len(r.components.get(name, ())) for r in requests), default=0) for name in schema.components]
     out: list[Selection] = []
     for idx in batch_indices(len(requests), rows_per_batch(model, pools, config)):
