@@ -40,6 +40,7 @@ from genco.errors import GencoInputError
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
 from genco.options import MAX_K, OptionError, bounded, check_options, seed_field
+from genco.refit import refit_id_tables
 
 if TYPE_CHECKING:
     from genco.ensemble import RewardEnsemble
@@ -67,6 +68,7 @@ class TrainConfig:
     mil_weight: float = bounded(1.0, ge=0, le=1000)
     mil: bool = True
     rl: bool = True
+    id_refit: bool = True  # after stage 1, the id tables' exact MAP given the rest of the network (genco.refit)
     reward_models: int = bounded(3, ge=1, le=32)  # an ensemble: the served argmax is their mean's (see genco.ensemble)
     rl_objective: str = "best-of-k"  # or "mean": the paper's E[R] with the mean of the K as baseline
     threads: int = bounded(0, ge=0, le=1024)  # torch threads; 0: torch's default
@@ -397,6 +399,12 @@ def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple
         raise GencoInputError(f"reward model {member + 1}: training diverged (held-out log loss NaN in every epoch); "
                               f"lower --lr (now {config.lr:g})")
     model.load_state_dict(best_state)
+    if config.id_refit:
+        outcome = refit_id_tables(model, loop.data, rows, heldout)
+        if outcome.kept:
+            priors = ", ".join(f"{table} {value:g}" for table, value in outcome.precisions.items())
+            console.note(f"reward {member + 1}: id tables refitted (prior precisions: {priors}), {loop.judged} log loss "
+                         f"{outcome.heldout_logloss_before:.5f} -> {outcome.heldout_logloss_after:.5f}")
     return model, best_epoch
 
 
