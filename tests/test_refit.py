@@ -25,14 +25,13 @@ def _model(data, **options) -> GenCO:
     torch.manual_seed(0)
     model = GenCO(data.schema, ModelConfig(dim=8, heads=2, hidden=8, **options)).eval()
     with torch.no_grad():  # tables away from zero, as training leaves them
-        for table in (model.element_effect, model.ad_appeal, model.combination_effect, model.pair_effect):
-            if table is not None:
-                table.weight.normal_(0, 0.3)
+        for table in (model.element_effect, model.ad_appeal, model.combination_effect):
+            table.weight.normal_(0, 0.3)
     model.count_ids(data, np.arange(len(data)))
     return model
 
 
-@pytest.mark.parametrize("options", [{}, {"attention": False}, {"combination_effects": False, "ad_ids": False, "pair_effects": False}])
+@pytest.mark.parametrize("options", [{}, {"attention": False}, {"combination_effects": False, "ad_ids": False}])
 def test_the_linear_view_is_the_models_click_logit(logs, options):
     model = _model(logs, **options)
     rows = np.arange(0, len(logs), 7)
@@ -40,11 +39,10 @@ def test_the_linear_view_is_the_models_click_logit(logs, options):
     batch = collate(logs, rows)
     with torch.no_grad():
         logit = model.click_logit(model.encode(batch), batch.shown[:, None, :])[:, 0]
-    element, product, combination, pair = tables(model)
-    tabled = (view.alpha * element[view.element.clamp(min=0)]).sum(1) + product[view.product] + view.trust * combination[view.combination] \
-        + (pair[view.pair] * view.pair_present).sum(1)
+    element, product, combination = tables(model)
+    tabled = (view.alpha * element[view.element.clamp(min=0)]).sum(1) + product[view.product] + view.trust * combination[view.combination]
     assert torch.allclose(view.offset + tabled, logit, atol=1e-5)
-    assert torch.allclose(view.offset + view.tabled(element, product, combination, pair), logit, atol=1e-5)
+    assert torch.allclose(view.offset + view.tabled(element, product, combination), logit, atol=1e-5)
     assert (view.alpha[view.element < 0] == 0).all()
 
 
@@ -69,7 +67,7 @@ def test_refit_keeps_only_what_helps_on_held_out_rows(logs):
     assert outcome.heldout_logloss_after < outcome.heldout_logloss_before
     after = tables(model)
     assert not torch.equal(after[0], before[0])
-    assert set(outcome.precisions) == {"ids", "combinations", "pairs"}
+    assert set(outcome.precisions) == {"ids", "combinations"}
     assert linear_view(model, logs, heldout).logloss(*after) == pytest.approx(outcome.heldout_logloss_after, abs=1e-5)
     # refitting the refitted model finds nothing better: it keeps the tables as they are
     again = refit_id_tables(model, logs, rows, heldout)
@@ -77,6 +75,6 @@ def test_refit_keeps_only_what_helps_on_held_out_rows(logs):
 
 
 def test_refit_with_no_tables_is_a_no_op(logs):
-    model = _model(logs, element_ids=False, ad_ids=False, combination_effects=False, pair_effects=False)
+    model = _model(logs, element_ids=False, ad_ids=False, combination_effects=False)
     outcome = refit_id_tables(model, logs, *split(len(logs), 0.2, 0))
     assert not outcome.kept

@@ -120,7 +120,7 @@ def load_model(directory: str | Path) -> tuple[GenCO | RewardEnsemble, dict[str,
     meta = {**meta, "model_version": f"{directory.resolve().name}@{hashlib.sha256(raw).hexdigest()[:12]}"}
     try:
         schema = FeatureSchema(**meta["schema"])
-        config = ModelConfig(**{"pair_effects": False, **meta["model_config"]})  # folders from before pair effects
+        config = ModelConfig(**meta["model_config"])
         kind = meta.get("kind", "GenCO")
         if kind == "RewardEnsemble":
             ensemble = meta["ensemble"]

@@ -209,8 +209,7 @@ def train(
     combination_shrinkage: Annotated[float, typer.Option(help="Impressions at which a whole combination's own effect counts half.")] = 50.0,
     no_id_vectors: Annotated[bool, typer.Option("--no-id-vectors", help="Element ids give a scalar effect only, no vector in the embedding (ids cannot interact).")] = False,
     no_combination_effects: Annotated[bool, typer.Option("--no-combination-effects", help="No effect per whole combination: the bag logit is its instances' alone.")] = False,
-    no_pair_effects: Annotated[bool, typer.Option("--no-pair-effects", help="No effect per pair of element ids (the table the exact refit fits on top of the network).")] = False,
-    no_id_refit: Annotated[bool, typer.Option("--no-id-refit", help="Keep the id tables (element effects, product appeal, combination effects) as stochastic training left them instead of refitting them exactly (a MAP logistic regression given the rest of the network, priors chosen on held-out rows); implies --no-pair-effects, since only the refit fits them.")] = False,
+    no_id_refit: Annotated[bool, typer.Option("--no-id-refit", help="Keep the id tables (element effects, product appeal, combination effects) as stochastic training left them instead of refitting them exactly (a MAP logistic regression given the rest of the network, priors chosen on held-out rows).")] = False,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
     k: Annotated[int, typer.Option("--k", help=f"Combinations sampled per context for the policy gradient (2 to {MAX_K}); each is credited with what it adds to the best of the K.")] = 16,
@@ -235,7 +234,7 @@ def train(
     model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention,
                                cross_component=not no_cross_component, id_vectors=not no_id_vectors,
                                id_shrinkage=id_shrinkage, combination_effects=not no_combination_effects,
-                               combination_shrinkage=combination_shrinkage, pair_effects=not (no_pair_effects or no_id_refit))
+                               combination_shrinkage=combination_shrinkage)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
                                reward_models=reward_models, rl_objective=rl_objective.value, id_refit=not no_id_refit)

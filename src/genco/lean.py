@@ -30,7 +30,7 @@ from torch import nn
 
 from genco.data import Batch
 from genco.ensemble import RewardEnsemble
-from genco.model import GenCO, combination_bucket, pair_buckets, shrinkage_trust
+from genco.model import GenCO, combination_bucket, shrinkage_trust
 from genco.noise import RequestNoise
 
 #: Fill for masked attention logits: finite, so that a set with no valid item gives a finite softmax that
@@ -112,8 +112,6 @@ class LeanGreedy(nn.Module):
         self.pool_in, self.pool_out = lin(lambda m: m.pool[0]), lin(lambda m: m.pool[2])
         effect = [shrinkage_trust(m.combination_counts, c.combination_shrinkage) * m.combination_effect.weight[:, 0] for m in members]
         self.register_buffer("combination_effect", _stack(effect))  # (E, combination buckets), trust included
-        pairs = c.pair_effects and len(self.schema.components) > 1
-        self.register_buffer("pair_effect", _stack([m.pair_effect.weight[:, 0] for m in members]) if pairs else None)  # (E, pair buckets)
 
     @staticmethod
     def supports(model) -> bool:
@@ -200,13 +198,10 @@ class LeanGreedy(nn.Module):
         else:
             alpha = present.float().expand(E, -1, -1, -1)
         creative = (alpha * s).masked_fill(~present, 0.0).sum(dim=-1)  # (E, B, K)
-        buckets = element_bucket.reshape(B, M * N).gather(1, slot).view(B, K, M)
         if self.config.combination_effects:
+            buckets = element_bucket.reshape(B, M * N).gather(1, slot).view(B, K, M)
             which = combination_bucket(buckets, present, self.schema.combination_buckets)  # (B, K)
             creative = creative + self.combination_effect[:, which]
-        if self.pair_effect is not None:
-            pair, both = pair_buckets(buckets, present, self.schema.pair_buckets)  # (B, K, P)
-            creative = creative + (self.pair_effect[:, pair] * both).sum(dim=-1)
         return creative.mean(dim=0)  # (B, K)
 
     # -- the answer ----------------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ class ModelConfig:
     id_shrinkage: float = bounded(10.0, ge=0, le=1e6)  # impressions at which an id's own vector counts half
     combination_effects: bool = True  # a shrunk effect per whole combination: what its elements cannot explain
     combination_shrinkage: float = bounded(50.0, ge=0, le=1e6)  # impressions at which it counts half
-    pair_effects: bool = True  # an effect per pair of element ids, fitted by the exact MAP refit alone (genco.refit)
     context_attention: bool = False  # attention queries see the context (which partner matters may depend on the user)
 
     def __post_init__(self) -> None:
@@ -93,8 +92,7 @@ class Encoded:
 class BagTerms:
     """The reward model's view of combinations (B, K, M). The creative logit is linear in the id tables:
     creative = sum_m alpha_m * (instance score without its id effect + element_effect[bucket_m])
-               + trust * combination_effect[combination] + sum_{m < m'} pair_effect[pair_mm']
-    (what genco.refit solves exactly)."""
+               + trust * combination_effect[combination]   (what genco.refit solves exactly)."""
 
     creative: torch.Tensor  # (B, K)
     instance: torch.Tensor  # (B, K, M) instance scores (the element's id effect included)
@@ -103,8 +101,6 @@ class BagTerms:
     bucket: torch.Tensor  # (B, K, M) element id bucket of each chosen element
     combination: torch.Tensor | None  # (B, K) combination bucket (None without combination effects)
     trust: torch.Tensor | None  # (B, K) how much the combination's own effect counts
-    pair: torch.Tensor | None  # (B, K, P) pair bucket of every pair of components (None without pair effects)
-    pair_present: torch.Tensor | None  # (B, K, P) both elements of the pair present
 
 
 class CrossAttention(nn.Module):
@@ -191,26 +187,6 @@ def combination_bucket(buckets: torch.Tensor, present: torch.Tensor, size: int) 
     return torch.remainder(h * 0x2545F4914F6CDD1D, size)
 
 
-_PAIR_MIX = (0x9E3779B97F4A7C15 - (1 << 64), 0x5851F42D4C957F2D, 0x14057B7EF767814F, 0x2545F4914F6CDD1D)
-
-
-def component_pairs(M: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every pair of components m < m': (P,) first and (P,) second, P = M (M - 1) / 2."""
-    first, second = np.triu_indices(M, 1)
-    return torch.as_tensor(first, dtype=torch.long), torch.as_tensor(second, dtype=torch.long)
-
-
-def pair_buckets(buckets: torch.Tensor, present: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A hash of every pair of chosen elements: element id buckets (..., M) and presence (..., M) -> bucket in
-    [0, size) per pair of components (..., P) and whether both are present (..., P). Which two components
-    the pair joins is part of the hash."""
-    first, second = component_pairs(buckets.shape[-1])
-    which = torch.arange(len(first)) + 1
-    h = (buckets[..., first] + 1) * _PAIR_MIX[0] + (buckets[..., second] + 1) * _PAIR_MIX[1] + which * _PAIR_MIX[2]
-    h = h ^ (h >> 29)
-    return torch.remainder(h * _PAIR_MIX[3], size), present[..., first] & present[..., second]
-
-
 def linear(inputs: int, outputs: int, bias: bool = True) -> nn.Linear:
     """nn.Linear, also for zero inputs (`user: []` and no ad features, elements without features): the output
     is then the bias alone (or zeros), and the no-op initialisation of the empty weight needs no warning."""
@@ -283,12 +259,6 @@ class GenCO(nn.Module):
         # elements and shrunk the same way: a combination seen a few times stays at what its elements say.
         self.combination_effect = nn.Embedding(schema.combination_buckets, 1)
         self.register_buffer("combination_counts", torch.zeros(schema.combination_buckets))
-        # An effect per pair of element ids (MVT's pairwise terms), on top of what the network says of the pair.
-        # Fitted by the exact MAP refit after stage 1 (genco.refit), never by stochastic steps: zero until then.
-        self.pair_effect = nn.Embedding(schema.pair_buckets, 1) if c.pair_effects else None
-        if self.pair_effect is not None:
-            nn.init.zeros_(self.pair_effect.weight)
-            self.pair_effect.weight.requires_grad_(False)
         # generator: cross-component attention over every candidate, and how peaked pi is per component.
         # The policy gradient can sharpen pi here instead of inflating the scores phi shares with the reward model.
         context = C if c.context_attention else 0
@@ -476,15 +446,12 @@ class GenCO(nn.Module):
         alpha = alpha.masked_fill(~present, 0.0)
         creative = (alpha * s).masked_fill(~present, 0.0).sum(dim=-1)  # (B, K)
         bucket = enc.bucket.gather(1, slot.view(B, K * M)).view(B, K, M)
-        combination, trust, pair, pair_present = None, None, None, None
+        combination, trust = None, None
         if self.config.combination_effects:
             combination = combination_bucket(bucket, present, self.schema.combination_buckets)  # (B, K)
             trust = shrinkage_trust(self.combination_counts[combination], self.config.combination_shrinkage)
             creative = creative + trust * self.combination_effect(combination).squeeze(-1)
-        if self.pair_effect is not None:
-            pair, pair_present = pair_buckets(bucket, present, self.schema.pair_buckets)  # (B, K, P)
-            creative = creative + (self.pair_effect(pair).squeeze(-1) * pair_present).sum(dim=-1)
-        return BagTerms(creative, s, present, alpha, bucket, combination, trust, pair, pair_present)
+        return BagTerms(creative, s, present, alpha, bucket, combination, trust)
 
     def click_logit(self, enc: Encoded, combos: torch.Tensor) -> torch.Tensor:
         """Full P(click) logit of combinations (B, K, M): appeal + creative part. (B, K)"""

@@ -6,18 +6,17 @@ estimator: a row of such a table holds a handful of clicks, single steps are noi
 held-out log loss turns is one crude regulariser for ids seen ten times and ids seen ten thousand times.
 With the network frozen, the click logit of a logged combination is linear in those tables,
 
-    logit_i = o_i + sum_m alpha_im w[element_im] + v[product_i] + t_i u[combination_i] + sum_{m<m'} z[pair_imm']
+    logit_i = o_i + sum_m alpha_im w[element_im] + v[product_i] + t_i u[combination_i]
 
-(o: everything else the network says; alpha: the MIL pooling weights; t: the combination's trust; z: the
-pair effects, which only this refit fits; see GenCO.bag_terms), so their MAP under Gaussian priors
-N(0, 1 / lambda) is a convex logistic regression. It
+(o: everything else the network says; alpha: the MIL pooling weights; t: the combination's trust, see
+GenCO.bag_terms), so their MAP under Gaussian priors N(0, 1 / lambda) is a convex logistic regression. It
 is solved to convergence here (full-batch L-BFGS, diagonally preconditioned), the way MVT (Hill et al. 2017)
 fits its first-order terms. A Gaussian prior shrinks by information, not by impressions: an id seen 1,000
 times with 15 clicks stays near what its features say, where shrinkage by impressions would trust it. The
-prior centre, zero, is what the network's features and embeddings already predict: the pair table is MVT's
-pairwise terms shrunk toward what the attention and phi's pair term say of the pair, so that elements known
-by id alone (whose pairs the network can only learn through slowly trained id vectors) get their synergy
-from the clicks directly.
+prior centre, zero, is what the network's features and embeddings already predict.
+
+A table per pair of element ids (MVT's pairwise terms) fitted the same way was tried and not kept: on the
+id-only tree and dense worlds it lowered the share of the oracle lift (three seeds each, see the README).
 
 The precisions are chosen by the member's own held-out log loss, one table at a time over a small grid
 (starting from the strongest prior of each), and the refit is kept only when it beats the stochastically
@@ -33,11 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from genco.data import EncodedRows, batch_indices, collate
-from genco.model import GenCO, component_pairs
+from genco.model import GenCO
 
 #: Prior precisions tried per table (1 / variance of the N(0, .) prior on its log-odds effects).
-PRECISIONS = {"ids": (3.0, 10.0, 30.0, 100.0), "combinations": (10.0, 30.0, 100.0, 1000.0),
-              "pairs": (10.0, 30.0, 100.0, 1000.0)}
+PRECISIONS = {"ids": (3.0, 10.0, 30.0, 100.0), "combinations": (10.0, 30.0, 100.0, 1000.0)}
 
 
 @dataclass
@@ -50,14 +48,12 @@ class LinearView:
     product: torch.Tensor  # (n,) ad bucket
     trust: torch.Tensor  # (n,) weight of the combination's own effect (0 without combination effects)
     combination: torch.Tensor  # (n,) combination bucket
-    pair: torch.Tensor  # (n, P) pair bucket of each pair of components
-    pair_present: torch.Tensor  # (n, P) both elements of the pair shown (False everywhere without pair effects)
     click: torch.Tensor  # (n,)
 
-    def tabled(self, element: torch.Tensor, product: torch.Tensor, combination: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    def tabled(self, element: torch.Tensor, product: torch.Tensor, combination: torch.Tensor) -> torch.Tensor:
         """The tables' part of every row's logit (n,), given full-size tables."""
         return ((self.alpha * element[self.element.clamp(min=0)]).sum(dim=1) + product[self.product]
-                + self.trust * combination[self.combination] + (pair[self.pair] * self.pair_present).sum(dim=1))
+                + self.trust * combination[self.combination])
 
     def logloss(self, *tables: torch.Tensor) -> float:
         return float(F.binary_cross_entropy_with_logits(self.offset + self.tabled(*tables), self.click))
@@ -74,41 +70,36 @@ def linear_view(model: GenCO, data: EncodedRows, rows: np.ndarray, batch_size: i
         enc = model.encode(batch)
         terms = model.bag_terms(enc, batch.shown[:, None, :])  # (B, 1, ...)
         present, B = terms.present[:, 0], batch.size  # (B, M)
-        P = len(component_pairs(present.shape[1])[0])
         view = LinearView(
             offset=enc.appeal + terms.creative[:, 0], alpha=terms.alpha[:, 0], element=torch.where(present, terms.bucket[:, 0], -1),
             product=batch.ad_bucket, trust=terms.trust[:, 0] if terms.trust is not None else torch.zeros(B),
             combination=terms.combination[:, 0] if terms.combination is not None else torch.zeros(B, dtype=torch.long),
-            pair=terms.pair[:, 0] if terms.pair is not None else torch.zeros(B, P, dtype=torch.long),
-            pair_present=terms.pair_present[:, 0] if terms.pair is not None else torch.zeros(B, P, dtype=torch.bool),
             click=batch.click)
         view.offset = view.offset - view.tabled(*current)
         parts.append(view)
     return LinearView(**{k: torch.cat([getattr(v, k) for v in parts]) for k in LinearView.__dataclass_fields__})
 
 
-def tables(model: GenCO) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The current element, product, combination and pair tables (zeros where the model does not use one)."""
-    c, schema = model.config, model.schema
-    def column(table: torch.nn.Embedding | None, used: bool, size: int) -> torch.Tensor:
-        return table.weight[:, 0].detach().clone() if used and table is not None else torch.zeros(size)
-    return (column(model.element_effect, c.element_ids, schema.id_buckets), column(model.ad_appeal, c.ad_ids, schema.ad_buckets),
-            column(model.combination_effect, c.combination_effects, schema.combination_buckets),
-            column(model.pair_effect, model.pair_effect is not None, schema.pair_buckets))
-
-
-def _set_tables(model: GenCO, element: torch.Tensor, product: torch.Tensor, combination: torch.Tensor, pair: torch.Tensor) -> None:
+def _used_tables(model: GenCO) -> list[tuple[torch.nn.Embedding, bool]]:
     c = model.config
-    for table, used, values in ((model.element_effect, c.element_ids, element), (model.ad_appeal, c.ad_ids, product),
-                                (model.combination_effect, c.combination_effects, combination),
-                                (model.pair_effect, model.pair_effect is not None, pair)):
+    return [(model.element_effect, c.element_ids), (model.ad_appeal, c.ad_ids), (model.combination_effect, c.combination_effects)]
+
+
+def tables(model: GenCO) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The current element, product and combination tables (zeros where the model does not use one)."""
+    return tuple(table.weight[:, 0].detach().clone() if used else torch.zeros(table.num_embeddings)
+                 for table, used in _used_tables(model))
+
+
+def _set_tables(model: GenCO, *values: torch.Tensor) -> None:
+    for (table, used), value in zip(_used_tables(model), values):
         if used:
-            table.weight[:, 0] = values
+            table.weight[:, 0] = value
 
 
 class _Problem:
     """The regression on the ids the training rows touch: each table's touched ids renumbered into one vector x,
-    in blocks (elements and products: "ids"; "combinations"; "pairs")."""
+    in blocks (elements and products: "ids"; "combinations")."""
 
     def __init__(self, view: LinearView, model: GenCO):
         c = model.config
@@ -118,15 +109,14 @@ class _Problem:
             torch.unique(view.element[present]) if c.element_ids else torch.zeros(0, dtype=torch.long),
             torch.unique(view.product) if c.ad_ids else torch.zeros(0, dtype=torch.long),
             torch.unique(view.combination) if c.combination_effects else torch.zeros(0, dtype=torch.long),
-            torch.unique(view.pair[view.pair_present]),
         ]
         self.touched = touched
         starts = np.cumsum([0] + [len(t) for t in touched])
         self.size = int(starts[-1])
-        self.block = np.repeat(np.array(["ids", "ids", "combinations", "pairs"]), [len(t) for t in touched])
-        # every row's nonzeros (n, J): M elements, its product, its combination, its P pairs; weight 0 where unused
-        keys = [view.element.clamp(min=0), view.product[:, None], view.combination[:, None], view.pair]
-        weights = [view.alpha.masked_fill(~present, 0.0), torch.ones(n, 1), view.trust[:, None], view.pair_present.double()]
+        self.block = np.repeat(np.array(["ids", "ids", "combinations"]), [len(t) for t in touched])
+        # every row's nonzeros (n, M + 2): its M elements, its product, its combination; weight 0 where unused
+        keys = [view.element.clamp(min=0), view.product[:, None], view.combination[:, None]]
+        weights = [view.alpha.masked_fill(~present, 0.0), torch.ones(n, 1), view.trust[:, None]]
         self.columns = torch.cat([start + torch.searchsorted(t, key).clamp(max=len(t) - 1) if len(t) else torch.zeros_like(key)
                                   for t, key, start in zip(touched, keys, starts)], dim=1)
         self.weights = torch.cat([w.double() if len(t) else torch.zeros(w.shape, dtype=torch.float64)
@@ -158,8 +148,7 @@ class _Problem:
 
     def full_tables(self, model: GenCO, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Full-size tables from a solution: ids the training rows never touched sit at the prior's centre, 0."""
-        schema = model.schema
-        out = [torch.zeros(size) for size in (schema.id_buckets, schema.ad_buckets, schema.combination_buckets, schema.pair_buckets)]
+        out = [torch.zeros(table.num_embeddings) for table, _ in _used_tables(model)]
         start = 0
         for table, t in zip(out, self.touched):
             table[t] = x[start:start + len(t)].float()
