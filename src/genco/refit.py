@@ -102,14 +102,11 @@ class _Problem:
     in blocks (elements and products: "ids"; "combinations")."""
 
     def __init__(self, view: LinearView, model: GenCO):
-        c = model.config
         n = len(view.click)
         present = view.element >= 0
-        touched = [
-            torch.unique(view.element[present]) if c.element_ids else torch.zeros(0, dtype=torch.long),
-            torch.unique(view.product) if c.ad_ids else torch.zeros(0, dtype=torch.long),
-            torch.unique(view.combination) if c.combination_effects else torch.zeros(0, dtype=torch.long),
-        ]
+        shown = (view.element[present], view.product, view.combination)  # the ids of each table the rows touch
+        touched = [torch.unique(ids) if used else torch.zeros(0, dtype=torch.long)
+                   for ids, (_, used) in zip(shown, _used_tables(model))]
         self.touched = touched
         starts = np.cumsum([0] + [len(t) for t in touched])
         self.size = int(starts[-1])
