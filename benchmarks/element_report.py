@@ -9,7 +9,9 @@ ranking a user acts on), the attributed effects with the true ones by Spearman r
 elements the report labels (at least MIN_IMPRESSIONS impressions). The true effect is the same quantity in the
 world's own click logit: each candidate swapped into the logged impression, centred within it, averaged
 over the judged impressions where the element was a candidate. The raw CTR of each element (what a user
-would rank by without genco) is ranked against the same truth, for comparison. It then opens the page in headless Chromium
+would rank by without genco) is ranked against the same truth, for comparison, and so are the first-order
+weights of the MVT peer (its id and element-feature weights, an additive logistic regression with the
+product's appeal apart, the way a user of that bandit would rank). It then opens the page in headless Chromium
 (when installed: `apt-get install chromium`) and checks that it renders, with every plot an image.
 """
 
@@ -27,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from genco import console
+from genco.baselines.base import shown_entries
 from genco.data import request_dict
-from genco.policies import make_genco
+from genco.policies import make_genco, make_policy
 from genco.report import MIN_IMPRESSIONS, build_report, judged_rows, write_report
 from genco.world import COMPONENTS, WorldConfig, simulate_in_memory
 
@@ -58,6 +61,58 @@ def true_effects(world, data, rows: np.ndarray) -> dict[tuple[str, str], float]:
     return {key: s / n for key, (s, n) in sums.items()}
 
 
+def served_enough(logs, truth: dict) -> list[tuple[str, str]]:
+    """The shared elements judged and served at least MIN_IMPRESSIONS times in the logs (what the report labels)."""
+    out = []
+    for name in SHARED:
+        _, entries = shown_entries(logs, name)
+        counts = defaultdict(int)
+        for entry in entries:
+            counts[logs.element_ids[name][entry]] += 1
+        out += [(name, e) for e, n in counts.items() if n >= MIN_IMPRESSIONS and (name, e) in truth]
+    return out
+
+
+def mvt_effects(logs, rows: np.ndarray, seed: int) -> dict[tuple[str, str], float]:
+    """(component, element) -> the peer's answer to the same question: MVT's posterior-mean first-order weight
+    on the click logit (its id weight plus its element-feature weights times the element's features), centred
+    within each judged impression and averaged over those where the element was a candidate, as the truth is."""
+    mvt = make_policy("mvt", seed=seed).fit(logs)
+    weights = mvt._split(mvt.mean)
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for name in SHARED:
+        column, ids = logs.columns[name], logs.element_ids[name]
+        effect = np.asarray(column["table_features"], dtype=np.float64) @ weights["dense"][
+            mvt.dense_columns[name]["features"]].numpy() if "features" in mvt.dense_columns[name] else np.zeros(len(ids))
+        own = weights["element"].numpy()
+        effect = effect + np.array([own[mvt.vocab[name][e]] if e in mvt.vocab[name] else 0.0 for e in ids])
+        for r in rows:
+            entries = column["members"][column["offsets"][r]:column["offsets"][r + 1]]
+            if len(entries) < 2:
+                continue
+            for entry, value in zip(entries, effect[entries] - effect[entries].mean()):
+                total = sums[(name, ids[entry])]
+                total[0] += value
+                total[1] += 1
+    return {key: s / n for key, (s, n) in sums.items()}
+
+
+def feature_fit(logs, truth: dict, keys: list) -> dict[tuple[str, str], float]:
+    """The best linear map from an element's features to its true effect, per component, fitted on the truth:
+    how much of the ranking the features can carry at all, however many clicks there are."""
+    out = {}
+    for name in SHARED:
+        own = [k for k in keys if k[0] == name]
+        if not own:
+            continue
+        entry = {e: i for i, e in enumerate(logs.element_ids[name])}
+        features = np.asarray(logs.columns[name]["table_features"], dtype=np.float64)[[entry[e] for _, e in own]]
+        design = np.column_stack([features, np.ones(len(own))])
+        true = np.array([truth[k] for k in own])
+        out.update(zip(own, design @ np.linalg.lstsq(design, true, rcond=None)[0]))
+    return out
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     rank = lambda x: np.argsort(np.argsort(x)).astype(float)  # noqa: E731 (no ties among continuous effects)
     return float(np.corrcoef(rank(a), rank(b))[0, 1]) if len(a) > 2 else float("nan")
@@ -85,8 +140,10 @@ def main() -> None:
     parser.add_argument("--impressions", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("reports/element-report"))
+    parser.add_argument("--models", default="genco,genco-no-mil,mvt", help="which of genco, genco-no-mil, mvt to measure (mvt also prints the features-alone ceiling)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    models = args.models.split(",")
     config = WorldConfig(seed=args.seed, impressions=args.impressions, requests=0)
     variants = {"genco": {}, "genco-no-mil": {"mil": False}}
     if args.quick:
@@ -94,36 +151,51 @@ def main() -> None:
         args.epochs, variants = 1, {"genco": {"reward_models": 1}, "genco-no-mil": {"mil": False, "reward_models": 1}}
     console.set_quiet(True)
     world, logs, _ = simulate_in_memory(config)
+    judged = judged_rows(len(logs), 5000, 0)
+    truth = true_effects(world, logs, judged)
     for name, options in variants.items():
+        if name not in models:
+            continue
         model = make_genco("genco", seed=args.seed, epochs=args.epochs, **options).fit(logs).model
         report = build_report(model, logs, seed=0, model_version=name)
         folder = args.out / name
         folder.mkdir(parents=True, exist_ok=True)
         files = write_report(report, folder)
-        truth = true_effects(world, logs, judged_rows(len(logs), 5000, 0))
-        by_component = {}
-        for component in SHARED:
-            rows = [r for r in report.elements if r.component == component and r.impressions >= MIN_IMPRESSIONS
-                    and np.isfinite(r.effect) and (component, r.element) in truth]
-            attributed = np.array([r.effect for r in rows])
-            true = np.array([truth[(component, r.element)] for r in rows])
-            raw = np.array([r.ctr for r in rows])
-            by_component[component] = {"elements": len(rows), "spearman": round(spearman(attributed, true), 3),
-                                       "raw_ctr_spearman": round(spearman(raw, true), 3)}
-        pooled = [r for r in report.elements if r.component in SHARED and r.impressions >= MIN_IMPRESSIONS
-                  and np.isfinite(r.effect) and (r.component, r.element) in truth]
+        rows = {(r.component, r.element): r for r in report.elements if r.component in SHARED
+                and r.impressions >= MIN_IMPRESSIONS and np.isfinite(r.effect) and (r.component, r.element) in truth}
         browser = check_in_browser(files["html"])
         if browser["browser"] and (browser["tables"] == 0 or browser["images"] < len(SHARED) or not browser["screenshot_bytes"]):
             raise SystemExit(f"{files['html']}: did not render in {browser['browser']}: {browser}")
         print(json.dumps({
-            "model": name, "impressions": len(logs), "spearman_shared": round(spearman(
-                np.array([r.effect for r in pooled]), np.array([truth[(r.component, r.element)] for r in pooled])), 3),
-            "raw_ctr_spearman_shared": round(spearman(
-                np.array([r.ctr for r in pooled]), np.array([truth[(r.component, r.element)] for r in pooled])), 3),
-            "by_component": by_component, "labels": {k: sum(r.label == k for r in report.elements) for k in
-                                                     ("best", "good", "weak", "still learning")},
+            "model": name, "impressions": len(logs),
+            **rankings({key: r.effect for key, r in rows.items()}, truth, {key: r.ctr for key, r in rows.items()}),
+            "labels": {k: sum(r.label == k for r in report.elements) for k in ("best", "good", "weak", "still learning")},
             "page": str(files["html"]), "browser": browser}), flush=True)
+    if "mvt" not in models:
+        return
+    labelled = served_enough(logs, truth)
+    peer = mvt_effects(logs, judged, args.seed)
+    print(json.dumps({"model": "mvt (its posterior-mean first-order weights)", "impressions": len(logs),
+                      **rankings({key: peer[key] for key in labelled if key in peer}, truth)}), flush=True)
+    print(json.dumps({"model": "features alone (least squares on the truth itself: a ceiling)", "impressions": len(logs),
+                      **rankings(feature_fit(logs, truth, labelled), truth)}), flush=True)
 
+
+def rankings(attributed: dict, truth: dict, raw_ctr: dict | None = None) -> dict:
+    """Spearman of attributed against true effects, pooled over the shared components and per component (and
+    the same for raw CTR, when given)."""
+    def rank(scores: dict, keys: list) -> float:
+        return round(spearman(np.array([scores[k] for k in keys]), np.array([truth[k] for k in keys])), 3)
+    out = {"spearman_shared": rank(attributed, list(attributed))}
+    if raw_ctr is not None:
+        out["raw_ctr_spearman_shared"] = rank(raw_ctr, list(attributed))
+    by_component = {}
+    for component in SHARED:
+        keys = [k for k in attributed if k[0] == component]
+        by_component[component] = {"elements": len(keys), "spearman": rank(attributed, keys)}
+        if raw_ctr is not None:
+            by_component[component]["raw_ctr_spearman"] = rank(raw_ctr, keys)
+    return {**out, "by_component": by_component}
 
 if __name__ == "__main__":
     main()

@@ -3,15 +3,17 @@ saturation, and through a model swap (issue 14).
 
     python benchmarks/http_load.py                      # 60 s per rate: 100, 500, 1000 req/s, saturation, swap at 500
     python benchmarks/http_load.py --quick              # 3 s at 100 req/s and a swap: for CI
-    python benchmarks/http_load.py --mode argmax --model MODEL
+    python benchmarks/http_load.py --model MODEL -- --mode argmax   # genco serve flags after --
 
 Each call holds one request of 6 components x 15 candidates (greedy). The server runs as a user starts it
-(`genco serve --port 0`, its defaults unless flags are given); hey (`apt-get install hey`) drives it with 16
-connections (--connections), each limited to rate / 16 calls per second (none at saturation): hey's connections
-tick in step, so a fixed rate arrives as bursts of 16 simultaneous calls. The swap run writes a new model
-into the served folder halfway (as `genco train --out` would) while a watcher calls alongside hey and checks
-that once an answer names the new version, none names the old. Printed as JSON lines: calls, errors (any
-status but 200), p50 / p99 ms, achieved calls per second.
+(`genco serve --port 0`, its defaults unless flags are given); hey (`apt-get install hey`) drives it with C
+connections, each limited to rate / C calls per second (none at saturation). hey's connections tick in
+step, so a fixed rate arrives as bursts of C simultaneous calls: every rate is run with 16 connections (bursts
+of 16, the hardest case) and with 4 (closer to what independent callers send: at 500 calls/s and a few ms
+per call, Little's law puts about two calls in flight); `--connections` chooses. The swap run writes a new
+model into the served folder halfway (as `genco train --out` would) while a watcher calls alongside hey and
+checks that once an answer names the new version, none names the old. Printed as JSON lines: calls, errors
+(any status but 200), p50 / p99 ms, achieved calls per second.
 """
 
 from __future__ import annotations
@@ -118,9 +120,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rates", default="100,500,1000")
     parser.add_argument("--swap-rate", type=int, default=500)
-    parser.add_argument("--connections", type=int, default=16,
-                        help="hey's connections; each sends rate / connections calls per second, all in step, so a "
-                             "fixed rate arrives in bursts of this many calls")
+    parser.add_argument("--connections", default="16,4",
+                        help="hey's connections, one or more (each a run of every rate): each connection sends rate / "
+                             "connections calls per second, all in step, so a fixed rate arrives in bursts of this many calls")
     parser.add_argument("flags", nargs="*", help="genco serve flags, after --, e.g. -- --mode argmax")
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -142,10 +144,11 @@ def main() -> None:
         body.write_text(json.dumps({"requests": [request.model_dump(exclude_none=True)], "greedy": True}))
         process, url = start_server(served, args.flags, tmp / "serve.log")
         try:
-            for rate in [*rates, None]:
-                print(json.dumps({"flags": args.flags, **hey(url, body, seconds, rate, args.connections)}), flush=True)
-            print(json.dumps({"flags": args.flags, **swap_during(url, body, seconds, swap_rate, served, args.connections)}),
-                  flush=True)
+            for connections in [int(c) for c in args.connections.split(",")]:
+                for rate in [*rates, None]:
+                    print(json.dumps({"flags": args.flags, **hey(url, body, seconds, rate, connections)}), flush=True)
+                print(json.dumps({"flags": args.flags, **swap_during(url, body, seconds, swap_rate, served, connections)}),
+                      flush=True)
         finally:
             process.terminate()
             process.wait(timeout=30)
