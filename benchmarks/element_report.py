@@ -38,27 +38,37 @@ from genco.world import COMPONENTS, WorldConfig, simulate_in_memory
 SHARED = [spec.name for spec in COMPONENTS if spec.shared]
 
 
+def centred_means(candidate_sets) -> dict[tuple[str, str], float]:
+    """(component, element) -> the mean of its value centred within each impression, over the impressions
+    where it was a candidate. candidate_sets: (component, element ids, values (n,)) of one impression each."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for name, elements, values in candidate_sets:
+        for element, value in zip(elements, values - values.mean()):
+            total = sums[(name, element)]
+            total[0] += value
+            total[1] += 1
+    return {key: s / n for key, (s, n) in sums.items()}
+
+
 def true_effects(world, data, rows: np.ndarray) -> dict[tuple[str, str], float]:
     """(component, element) -> the world's mean centred swap logit over the judged rows."""
-    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     shown = data.shown_positions()
-    for r in rows:
-        request = request_dict(data, r)
-        logged = {}
-        for m, name in enumerate(data.schema.components):
-            if shown[r, m] >= 0:
-                logged[name] = request["components"][name][shown[r, m]]["id"]
-        for name in SHARED:
-            candidates = [c["id"] for c in request["components"].get(name, [])]
-            if len(candidates) < 2:
-                continue
-            p = world.click_probability_dicts([request] * len(candidates), [{**logged, name: c} for c in candidates])
-            logit = np.log(p) - np.log1p(-p)
-            for element, value in zip(candidates, logit - logit.mean()):
-                total = sums[(name, element)]
-                total[0] += value
-                total[1] += 1
-    return {key: s / n for key, (s, n) in sums.items()}
+
+    def candidate_sets():
+        for r in rows:
+            request = request_dict(data, r)
+            logged = {}
+            for m, name in enumerate(data.schema.components):
+                if shown[r, m] >= 0:
+                    logged[name] = request["components"][name][shown[r, m]]["id"]
+            for name in SHARED:
+                candidates = [c["id"] for c in request["components"].get(name, [])]
+                if len(candidates) < 2:
+                    continue
+                p = world.click_probability_dicts([request] * len(candidates), [{**logged, name: c} for c in candidates])
+                yield name, candidates, np.log(p) - np.log1p(-p)
+
+    return centred_means(candidate_sets())
 
 
 def served_enough(logs, truth: dict) -> list[tuple[str, str]]:
@@ -78,23 +88,20 @@ def mvt_effects(logs, rows: np.ndarray, seed: int) -> dict[tuple[str, str], floa
     on the click logit (its id weight plus its element-feature weights times the element's features), centred
     within each judged impression and averaged over those where the element was a candidate, as the truth is."""
     mvt = make_policy("mvt", seed=seed).fit(logs)
-    weights = mvt._split(mvt.mean)
-    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
-    for name in SHARED:
-        column, ids = logs.columns[name], logs.element_ids[name]
-        effect = np.asarray(column["table_features"], dtype=np.float64) @ weights["dense"][
-            mvt.dense_columns[name]["features"]].numpy() if "features" in mvt.dense_columns[name] else np.zeros(len(ids))
-        own = weights["element"].numpy()
-        effect = effect + np.array([own[mvt.vocab[name][e]] if e in mvt.vocab[name] else 0.0 for e in ids])
-        for r in rows:
-            entries = column["members"][column["offsets"][r]:column["offsets"][r + 1]]
-            if len(entries) < 2:
-                continue
-            for entry, value in zip(entries, effect[entries] - effect[entries].mean()):
-                total = sums[(name, ids[entry])]
-                total[0] += value
-                total[1] += 1
-    return {key: s / n for key, (s, n) in sums.items()}
+    weights = {key: w.numpy() for key, w in mvt._split(mvt.mean).items()}
+
+    def candidate_sets():
+        for name in SHARED:
+            column, ids = logs.columns[name], logs.element_ids[name]
+            effect = np.array([weights["element"][mvt.vocab[name][e]] if e in mvt.vocab[name] else 0.0 for e in ids])
+            if "features" in mvt.dense_columns[name]:
+                effect = effect + np.asarray(column["table_features"], np.float64) @ weights["dense"][mvt.dense_columns[name]["features"]]
+            for r in rows:
+                entries = column["members"][column["offsets"][r]:column["offsets"][r + 1]]
+                if len(entries) >= 2:
+                    yield name, [ids[e] for e in entries], effect[entries]
+
+    return centred_means(candidate_sets())
 
 
 def feature_fit(logs, truth: dict, keys: list) -> dict[tuple[str, str], float]:
@@ -196,6 +203,7 @@ def rankings(attributed: dict, truth: dict, raw_ctr: dict | None = None) -> dict
         if raw_ctr is not None:
             by_component[component]["raw_ctr_spearman"] = rank(raw_ctr, keys)
     return {**out, "by_component": by_component}
+
 
 if __name__ == "__main__":
     main()
