@@ -10,7 +10,8 @@ import pytest
 
 from genco.contract import LogRow
 from genco.data import encode, request_dict, selections_at
-from genco.ope import OPEConfig, estimate_model, estimate_named, logging_view, model_view, view_from_draws
+from genco.ope import (OPEConfig, RewardModel, estimate_model, estimate_named, logging_view, model_view, revenue_per_click,
+                       view_from_draws)
 from genco.policies import make_genco
 from genco.select import SelectConfig, choose
 from genco.world import World, WorldConfig, random_exposure_logs
@@ -92,6 +93,43 @@ def test_a_named_policy_is_fitted_on_one_share_and_judged_on_the_other(world_and
     assert oracle.truth > result.truth
 
 
+def test_rpm_by_every_estimator_on_a_world_that_logs_revenue():
+    """RPM: the weighting estimators on the revenue earned, DM and DR with P(click) times each product's revenue
+    per click; the unbiased ones cover the true RPM of an explore target whose support the logs cover."""
+    world = World.generate(WorldConfig(seed=6, ads=30, max_candidates=4, revenue=True))
+    fit = encode(LogRow.model_validate(r) for r in random_exposure_logs(world, 3000, 1))
+    model = make_genco("genco", seed=0, epochs=2, reward_models=2).fit(fit).model
+    judged = encode((LogRow.model_validate(r) for r in random_exposure_logs(world, 6000, 2)), model.schema)
+    per_click = revenue_per_click(judged)
+    ads = np.array([world.ad_ids.index(a) for a in judged.ad_ids])
+    clicks = np.bincount(ads, weights=judged.click, minlength=len(world.ad_ids))
+    many = clicks[ads] >= 20
+    assert np.allclose(per_click[many], world.ad_cpc[ads[many]], rtol=0.06)  # one pseudo-click among 20 or more
+    never = clicks[ads] == 0
+    assert np.allclose(per_click[never], judged.revenue[judged.click > 0].mean(), rtol=1e-6)
+    result = estimate_model(judged, model, OPEConfig(mode="explore", epsilon=0.5, samples=16), world=world)
+    assert [e.estimator for e in result.rpm] == ["dm", "ips", "snips", "pi", "snpi", "dr", "dr-pi"]
+    ctr_dm, rpm_dm = result.estimate("dm"), result.rpm[0]
+    assert rpm_dm.value != pytest.approx(1000 * ctr_dm.value * per_click.mean(), rel=1e-9)  # per row, not averaged
+    for e in result.rpm:
+        if e.estimator in ("ips", "snips", "dr"):
+            assert e.low <= result.truth_rpm <= e.high, (e, result.truth_rpm)
+    # DM's RPM errs as its CTR does: the revenue per click is right, what is left is the click model's bias
+    assert rpm_dm.value / result.truth_rpm == pytest.approx(ctr_dm.value / result.truth, rel=0.08)
+
+
+def test_a_given_reward_model_replaces_the_targets_own(world_and_model):
+    world, model, judged, _ = world_and_model
+    other = make_genco("genco", seed=3, epochs=1, reward_models=1, rl=False).fit(judged.take(np.arange(1500))).model
+    own = estimate_model(judged, model, OPEConfig(mode="greedy"))
+    given = estimate_model(judged, model, OPEConfig(mode="greedy"), reward_model=RewardModel(other, "another one"))
+    assert given.reward_model == "another one" and "own" in own.reward_model
+    assert given.estimate("dm").value != own.estimate("dm").value
+    assert given.estimate("ips").value == own.estimate("ips").value  # the weighting estimators read no model
+    named = estimate_named(judged, "counting", OPEConfig(epochs=1), reward_model=RewardModel(other, "another one"))
+    assert named.reward_model == "another one" and named.estimate("dm") is not None
+
+
 # -- the command line --------------------------------------------------------------------------------------------
 
 def _no_propensities(src, dst):
@@ -162,3 +200,18 @@ def test_ope_command_on_a_model_folder(train_world, tmp_path, genco_here):
     rows[3]["shown"]["extra"] = "x"
     alien = genco_here("ope", "--logs", write_jsonl(tmp_path / "alien.jsonl", rows), "--policy", model)
     assert alien.returncode == 2 and "alien.jsonl:4" in alien.stderr and "unknown-component" in alien.stderr
+    scored = genco_here("ope", "--logs", train_world / "logs.jsonl", "--policy", "counting", "--reward-model", model, "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["reward_model"].startswith(f"the reward model of {model}")
+    judged = genco_here("ope", "--logs", train_world / "logs.jsonl", "--policy", model, "--reward-model", model, "--json")
+    assert judged.returncode == 0 and "the reward model of" in json.loads(judged.stdout)["reward_model"]
+    other = tmp_path / "other-form"
+    rows = [json.loads(line) for line in open(train_world / "logs.jsonl")][:400]
+    for row in rows:
+        row["user"] = row["user"][:1]
+    trained = genco_here("train", "--logs", write_jsonl(tmp_path / "short-user.jsonl", rows), "--out", other, "--epochs", "1",
+                         "--reward-models", "1", "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    mismatch = genco_here("ope", "--logs", train_world / "logs.jsonl", "--policy", model, "--reward-model", other)
+    assert mismatch.returncode == 2 and "--reward-model" in mismatch.stderr and "user_dim" in mismatch.stderr
+    assert "Traceback" not in mismatch.stderr

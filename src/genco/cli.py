@@ -413,6 +413,7 @@ def ope(
     epochs: Annotated[int, typer.Option(help="At most this many epochs for a GenCO fitted here.")] = 30,
     assume_uniform: Annotated[bool, typer.Option("--assume-uniform", help="Rows without a propensity were served uniformly at random: give them the product of 1 / len(candidates).")] = False,
     world: Annotated[Optional[Path], typer.Option(help="A simulated world (`genco simulate`): also print the target's true CTR, and allow the oracle targets.")] = None,
+    reward_model: Annotated[Optional[Path], typer.Option(help="A model folder whose reward model the direct method and DR read, instead of the target's own (a model judging its own argmax is optimistic) or one fitted here. It must have been trained on rows of the same form as these logs.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the fit split, explore draws, fitting.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Also write the result as one JSON object to this file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object instead of a table.")] = False,
@@ -422,7 +423,8 @@ def ope(
 ) -> None:
     """Estimate a policy's CTR (and RPM) from logs before it goes live: IPS, SNIPS, pseudo-inverse, direct, doubly robust, replay."""
     from genco.files import atomic_write_json
-    from genco.ope import OPEConfig, estimate_model, estimate_named
+    from genco.checkpoint import load_model
+    from genco.ope import OPEConfig, RewardModel, check_reward_model, estimate_model, estimate_named
     from genco.select import SelectConfig
     from genco.train import read_logs
 
@@ -435,19 +437,24 @@ def ope(
         from genco.world import World
 
         truth = World.load(world)
+    reader = None
+    if reward_model is not None:
+        scorer, scorer_meta = load_model(reward_model)
+        reader = RewardModel(scorer, f"the reward model of {reward_model} ({scorer_meta['model_version']})")
     target = Path(policy)
     if target.is_dir():
-        from genco.checkpoint import load_model
-
         model, meta = load_model(target)
         data, _ = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates, schema=model.schema)
+        if reader is not None:
+            check_reward_model(reader.model.schema, data, str(reward_model))
         with console.progress("estimating", None):
             result = estimate_model(data, model, config, SelectConfig(mode=select_mode.value, epsilon=epsilon),
-                                    name=meta["model_version"], world=truth)
-    else:
-        data, _ = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)
+                                    name=meta["model_version"], world=truth, reward_model=reader)
+    else:  # with a reward model, the logs are read in its form: a row it cannot score is a bad row
+        data, _ = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates,
+                            schema=reader.model.schema if reader is not None else None)
         with console.progress(f"fitting {policy} and estimating", None):
-            result = estimate_named(data, policy, config, world=truth)
+            result = estimate_named(data, policy, config, world=truth, reward_model=reader)
     for warning in result.warnings:
         console.warn(f"{warning['rule']}: {warning['message']}")
     if out is not None:
@@ -463,6 +470,8 @@ def _print_ope(result) -> None:
             + (f", fitted on {result.fit_rows}" if result.fit_rows else "") + f"; logged CTR {result.logged_ctr:.4%}")
     if result.truth is not None:
         head += f"; true CTR {result.truth:.4%}"
+    if result.truth_rpm is not None:
+        head += f", true RPM {result.truth_rpm:.4g}"
     out.print(head, soft_wrap=True)
     for title, estimates, scale in (("CTR", result.estimates, 100.0), ("RPM", result.rpm, 1.0)):
         if not estimates:

@@ -14,7 +14,10 @@
    the product of 1 / n_k, which the logs prove row by row), so PI and DR-PI exist for such logs only.
 3. **A reward model** of P(click) for the direct method and the doubly robust correction: GenCO's multi-instance
    reward model (the target's own when the target is a GenCO model, otherwise one fitted on the fit share of
-   the logs). An ensemble's members' spread widens DM's interval.
+   the logs, or any model folder the user gives: `reward_model`). An ensemble's members' spread widens DM's
+   interval. For RPM the model's click probability is multiplied by what a click on that product earns,
+   estimated from the logs' clicked rows (`revenue_per_click`): a click's revenue is taken to depend on the
+   product, not on the creative.
 4. **The estimators** of genco.estimators on those arrays, with warnings when propensities are missing,
    support is poor or weights are extreme, and the recommended one (`recommend`) for these logs.
 
@@ -89,6 +92,7 @@ class OPEResult:
     unavailable: dict[str, str] = field(default_factory=dict)  # estimator -> why it is not computed
     warnings: list[dict[str, str]] = field(default_factory=list)  # {"rule", "message"}
     truth: float | None = None  # the target's true CTR on these rows (a simulated world given)
+    truth_rpm: float | None = None  # and its true RPM (a world that logs revenue)
 
     def estimate(self, name: str) -> est.Estimate | None:
         return next((e for e in self.estimates if e.estimator == name), None)
@@ -98,7 +102,7 @@ class OPEResult:
             "policy": self.policy, "mode": self.mode, "rows": self.rows, "fit_rows": self.fit_rows,
             "logged_ctr": self.logged_ctr, "recommended": self.recommended, "reward_model": self.reward_model,
             "estimates": [e.to_dict() for e in self.estimates], "rpm": [e.to_dict() for e in self.rpm],
-            "unavailable": self.unavailable, "warnings": self.warnings, "truth": self.truth,
+            "unavailable": self.unavailable, "warnings": self.warnings, "truth": self.truth, "truth_rpm": self.truth_rpm,
         }
 
 
@@ -201,9 +205,20 @@ def member_logits(model, data: EncodedRows, combos: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Predictions:
-    logged: np.ndarray  # (n,) P(click) of the served combination
-    target: np.ndarray  # (n,) mean P(click) of the target's draws
-    member_values: np.ndarray  # (members,) each member's DM estimate
+    """The reward model's expected reward per row: P(click), or after `scaled`, P(click) times a reward per click."""
+
+    logged: np.ndarray  # (n,) of the served combination
+    target: np.ndarray  # (n,) mean over the target's draws
+    member_target: np.ndarray  # (members, n) the same by each reward model alone
+
+    def scaled(self, per_click: np.ndarray) -> "Predictions":
+        """Expected reward when a click on row i earns per_click[i] (n,)."""
+        return Predictions(self.logged * per_click, self.target * per_click, self.member_target * per_click)
+
+    def member_spread(self) -> float:
+        """Standard deviation of the members' DM estimates (0 for one reward model): DM's model uncertainty."""
+        values = self.member_target.mean(axis=1)
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def predictions(model, data: EncodedRows, view: TargetView) -> Predictions:
@@ -211,15 +226,30 @@ def predictions(model, data: EncodedRows, view: TargetView) -> Predictions:
     logits = member_logits(model, data, combos)  # (members, n, 1 + S)
     mean = 1 / (1 + np.exp(-logits.mean(axis=0)))  # the ensemble's P(click): sigmoid of the mean logit
     each = 1 / (1 + np.exp(-logits[:, :, 1:]))
-    return Predictions(mean[:, 0], mean[:, 1:].mean(axis=1), each.mean(axis=(1, 2)))
+    return Predictions(mean[:, 0], mean[:, 1:].mean(axis=1), each.mean(axis=2))
+
+
+def revenue_per_click(data: EncodedRows) -> np.ndarray:
+    """(n,) what a click on each row's product earns: the mean revenue of that product's clicked rows, with one
+    pseudo-click at the mean of all clicked rows (so a product clicked once is not taken at its one price,
+    and one never clicked gets the overall mean). Rows must carry revenue where clicked."""
+    clicked = data.click > 0
+    revenue = np.nan_to_num(data.revenue.astype(np.float64))
+    overall = float(revenue[clicked].mean()) if clicked.any() else 0.0
+    products, row_product = np.unique(np.asarray(data.ad_ids, dtype=object), return_inverse=True)
+    clicks = np.bincount(row_product, weights=clicked.astype(np.float64), minlength=len(products))
+    earned = np.bincount(row_product, weights=np.where(clicked, revenue, 0.0), minlength=len(products))
+    return ((earned + overall) / (clicks + 1))[row_product]
 
 
 # -- 4. the estimates ------------------------------------------------------------------------------------------
 
-def _weighting_estimates(reward: np.ndarray, view: TargetView, logging: LoggingView, known: np.ndarray,
-                         pred: Predictions | None) -> tuple[list[est.Estimate], dict[str, np.ndarray]]:
-    """IPS, SNIPS, PI, SNPI and, with predictions, DR and DR-PI on the rows with a propensity; and their weights."""
-    out, weights = [], {}
+def _estimates(reward: np.ndarray, view: TargetView, logging: LoggingView, known: np.ndarray,
+               pred: Predictions | None) -> tuple[list[est.Estimate], dict[str, np.ndarray]]:
+    """DM (with predictions: of every row), then IPS, SNIPS, PI, SNPI and, with predictions, DR and DR-PI on
+    the rows with a propensity; and the weights."""
+    out = [est.direct(pred.target, model_sd=pred.member_spread())] if pred is not None else []
+    weights: dict[str, np.ndarray] = {}
     if not known.any():
         return out, weights
     r, p, q = reward[known], logging.propensity[known], view.combo[known]
@@ -280,12 +310,14 @@ def _support_warnings(view: TargetView, logging: LoggingView, known: np.ndarray,
     return warnings
 
 
-def _true_ctr(world, data: EncodedRows, view: TargetView) -> float:
+def _truth(world, data: EncodedRows, view: TargetView) -> tuple[float, float | None]:
+    """The target's true CTR on these rows, and its true RPM where the world logs revenue."""
     requests = [request_dict(data, r) for r in range(len(data))]
     rows = np.arange(len(data))
-    draws = view.draws.shape[1]
-    return float(np.mean([world.click_probability_dicts(requests, selections_at(data, rows, view.draws[:, s])).mean()
-                          for s in range(draws)]))
+    p = np.mean([world.click_probability_dicts(requests, selections_at(data, rows, view.draws[:, s]))
+                 for s in range(view.draws.shape[1])], axis=0)  # (n,) P(click) averaged over the target's draws
+    rpm = float(1000 * np.mean(p * world.revenue_of(requests))) if world.config.revenue else None
+    return float(p.mean()), rpm
 
 
 def estimate_view(data: EncodedRows, view: TargetView, config: OPEConfig, *, reward_model=None, policy: str = "target",
@@ -312,11 +344,8 @@ def estimate_view(data: EncodedRows, view: TargetView, config: OPEConfig, *, rew
         for name in ("ips", "snips", "dr"):
             unavailable[name] = "no propensities in the logs"
     pred = predictions(reward_model, data, view) if reward_model is not None else None
-    estimates, weights = _weighting_estimates(click, view, logging, known, pred)
-    if pred is not None:
-        spread = float(np.std(pred.member_values, ddof=1)) if len(pred.member_values) > 1 else 0.0
-        estimates.insert(0, est.direct(pred.target, model_sd=spread))
-    else:
+    estimates, weights = _estimates(click, view, logging, known, pred)
+    if pred is None:
         unavailable.update({"dm": "no reward model", "dr": "no reward model", "dr-pi": "no reward model"})
     matched = (view.draws[:, 0] == data.shown_positions()).all(axis=1)
     estimates.append(est.replay(click, matched))
@@ -331,15 +360,17 @@ def estimate_view(data: EncodedRows, view: TargetView, config: OPEConfig, *, rew
         raise GencoInputError("no estimate is possible: " + "; ".join(w["message"] for w in warnings))
     result = OPEResult(policy, config.mode, len(data), fit_rows, float(click.mean()), estimates, recommend(estimates),
                        reward_model_name, unavailable=unavailable, warnings=warnings)
-    result.rpm = _rpm_estimates(data, view, logging, known, result)
+    result.rpm = _rpm_estimates(data, view, logging, known, pred, result)
     if world is not None:
-        result.truth = _true_ctr(world, data, view)
+        result.truth, result.truth_rpm = _truth(world, data, view)
     return result
 
 
-def _rpm_estimates(data: EncodedRows, view: TargetView, logging: LoggingView, known: np.ndarray, result: OPEResult) -> list[est.Estimate]:
-    """Revenue per mille by the weighting estimators, when every clicked row says what its click earned.
-    (DM and DR would need a model of revenue, which genco does not fit: a click's revenue is the ad's.)"""
+def _rpm_estimates(data: EncodedRows, view: TargetView, logging: LoggingView, known: np.ndarray, pred: Predictions | None,
+                   result: OPEResult) -> list[est.Estimate]:
+    """Revenue per mille by every estimator but replay, when every clicked row says what its click earned:
+    the weighting ones on 1000 x the revenue earned; DM and DR with the reward model's P(click) times
+    1000 x revenue_per_click."""
     revenue = data.revenue.astype(np.float64)
     clicked = data.click > 0
     if np.isnan(revenue).all():
@@ -349,8 +380,8 @@ def _rpm_estimates(data: EncodedRows, view: TargetView, logging: LoggingView, kn
             f"{int(np.isnan(revenue[clicked]).sum())} clicked rows carry no revenue: RPM is not estimated")})
         return []
     earned = 1000 * np.where(clicked, np.nan_to_num(revenue), 0.0)
-    weighted, _ = _weighting_estimates(earned, view, logging, known, None)
-    return weighted
+    scaled = pred.scaled(1000 * revenue_per_click(data)) if pred is not None else None
+    return _estimates(earned, view, logging, known, scaled)[0]
 
 
 # -- the whole job ---------------------------------------------------------------------------------------------
@@ -363,8 +394,10 @@ def _fit_split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]
     return np.sort(order[:n_fit]), np.sort(order[n_fit:])
 
 
-def estimate_named(logs: EncodedRows, name: str, config: OPEConfig, *, world=None, **policy_options: Any) -> OPEResult:
+def estimate_named(logs: EncodedRows, name: str, config: OPEConfig, *, world=None, reward_model: RewardModel | None = None,
+                   **policy_options: Any) -> OPEResult:
     """A policy of `genco bench --list`, fitted on the fit share of the logs and judged on the rest.
+    `reward_model` (a model and what to call it) replaces the one DM and DR would use otherwise.
     `policy_options` go to a GenCO variant's configs by field name (genco.policies.make_genco)."""
     from genco.bench import WORLD_POLICIES, OraclePolicy
     from genco.policies import GENCO_VARIANTS, GenCOPolicy, make_policy, policy_names
@@ -385,13 +418,13 @@ def estimate_named(logs: EncodedRows, name: str, config: OPEConfig, *, world=Non
         raise GencoInputError(f"--policy {name!r}: neither a model folder nor a policy name; known: "
                               + ", ".join([*WORLD_POLICIES, *policy_names()]))
     if isinstance(target, GenCOPolicy):  # its own reward model, and its exact explore policy
-        model = target.model
-        view = model_view(model, judged, config, target.select_config)
-        reward_name = f"{name}'s own reward model (fitted on the fit share)"
+        view = model_view(target.model, judged, config, target.select_config)
+        reward_model = reward_model or RewardModel(target.model, f"{name}'s own reward model (fitted on the fit share)")
     else:
         view = policy_view(target, judged, config)
-        model, reward_name = _fitted_reward_model(fit, config, policy_options), "a GenCO reward model fitted on the fit share"
-    return estimate_view(judged, view, config, reward_model=model, policy=name, reward_model_name=reward_name,
+        reward_model = reward_model or RewardModel(_fitted_reward_model(fit, config, policy_options),
+                                                   "a GenCO reward model fitted on the fit share")
+    return estimate_view(judged, view, config, reward_model=reward_model.model, policy=name, reward_model_name=reward_model.name,
                          fit_rows=len(fit), world=world)
 
 
@@ -405,9 +438,29 @@ def _fitted_reward_model(fit: EncodedRows, config: OPEConfig, options: dict[str,
 
 
 def estimate_model(logs: EncodedRows, model, config: OPEConfig, select_config: SelectConfig | None = None, *,
-                   name: str = "model", world=None) -> OPEResult:
-    """A trained GenCO model as the target, judged on every row of `logs` (encoded with the model's schema)."""
+                   name: str = "model", world=None, reward_model: RewardModel | None = None) -> OPEResult:
+    """A trained GenCO model as the target, judged on every row of `logs` (encoded with the model's schema).
+    DM and DR read the model's own reward model unless `reward_model` gives another."""
     view = model_view(model, logs, config, select_config or SelectConfig())
-    return estimate_view(logs, view, config, reward_model=model, policy=name,
-                         reward_model_name="the model's own reward model (optimistic on rows it was trained on)", world=world)
+    reward_model = reward_model or RewardModel(model, "the model's own reward model (optimistic on rows it was trained on)")
+    return estimate_view(logs, view, config, reward_model=reward_model.model, policy=name, reward_model_name=reward_model.name,
+                         world=world)
+
+
+@dataclass
+class RewardModel:
+    """What DM and DR read: a GenCO model or ensemble (None: no direct method), and how a result names it."""
+
+    model: Any
+    name: str
+
+
+def check_reward_model(reward_schema, data: EncodedRows, where: str) -> None:
+    """A reward model read from `where` must read the logs as they were encoded (the same components, feature
+    lengths and hash sizes): its predictions index the same candidates. Raises GencoInputError otherwise."""
+    if reward_schema != data.schema:
+        mine, theirs = reward_schema.to_dict(), data.schema.to_dict()
+        differ = ", ".join(key for key in mine if mine[key] != theirs.get(key))
+        raise GencoInputError(f"--reward-model {where}: it was trained on rows of another form than these logs "
+                              f"(different {differ}), so it cannot score their candidates")
 
