@@ -34,7 +34,7 @@ from genco import console
 from genco.contract import LogRow
 from genco.data import encode
 from genco.estimators import Estimate
-from genco.ope import OPEConfig, estimate_view, model_view, policy_view, recommend
+from genco.ope import OPEConfig, RewardModel, estimate_view, model_view, policy_view, recommend
 from genco.policies import make_genco, make_policy
 from genco.select import SelectConfig
 from genco.world import World, WorldConfig, random_exposure_logs
@@ -55,7 +55,8 @@ def one_seed(seed: int, interaction: float, args) -> list[dict]:
         view = (model_view(genco.model, judged, config, SelectConfig()) if name == "genco"
                 else policy_view(target, judged, config))
         # every target's direct method reads GenCO's reward model, fitted on the fit log (as genco ope does)
-        result = estimate_view(judged, view, config, reward_model=genco.model, policy=name, world=world)
+        result = estimate_view(judged, view, config, reward_model=RewardModel(genco.model, "genco's own"), policy=name,
+                               world=world)
         recommended = result.estimate(result.recommended)
         for label, e in [(e.estimator, e) for e in result.estimates] + [(f"recommended ({recommended.estimator})", recommended)]:
             rows.append({"interaction": interaction, "seed": seed, "target": f"{name} {mode}", "estimator": label,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from genco.contract import LogRow
 from genco.data import encode, request_dict, selections_at
+from genco.errors import GencoInputError
 from genco.ope import (OPEConfig, RewardModel, estimate_model, estimate_named, logging_view, model_view, revenue_per_click,
                        view_from_draws)
 from genco.policies import make_genco
@@ -128,6 +130,9 @@ def test_a_given_reward_model_replaces_the_targets_own(world_and_model):
     assert given.estimate("ips").value == own.estimate("ips").value  # the weighting estimators read no model
     named = estimate_named(judged, "counting", OPEConfig(epochs=1), reward_model=RewardModel(other, "another one"))
     assert named.reward_model == "another one" and named.estimate("dm") is not None
+    other.schema = dataclasses.replace(other.schema, id_buckets=other.schema.id_buckets // 2)
+    with pytest.raises(GencoInputError, match="another one: .*different id_buckets"):  # the API refuses it too
+        estimate_model(judged, model, OPEConfig(mode="greedy"), reward_model=RewardModel(other, "another one"))
 
 
 # -- the command line --------------------------------------------------------------------------------------------

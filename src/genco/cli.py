@@ -446,7 +446,7 @@ def ope(
         model, meta = load_model(target)
         data, _ = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates, schema=model.schema)
         if reader is not None:
-            check_reward_model(reader.model.schema, data, str(reward_model))
+            check_reward_model(reader, data, f"--reward-model {reward_model}")  # before the target's draws
         with console.progress("estimating", None):
             result = estimate_model(data, model, config, SelectConfig(mode=select_mode.value, epsilon=epsilon),
                                     name=meta["model_version"], world=truth, reward_model=reader)

@@ -204,6 +204,25 @@ def member_logits(model, data: EncodedRows, combos: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class RewardModel:
+    """What DM and DR read: a GenCO model or ensemble, and how a result names it."""
+
+    model: Any
+    name: str
+
+
+def check_reward_model(reward_model: RewardModel, data: EncodedRows, where: str | None = None) -> None:
+    """A reward model must read the logs as they were encoded (the same components, feature lengths and hash
+    sizes): its predictions index the same candidates. Raises GencoInputError naming `where` (default: the
+    model's name) and what differs."""
+    mine, theirs = reward_model.model.schema, data.schema
+    if mine != theirs:
+        differ = ", ".join(key for key, value in mine.to_dict().items() if value != theirs.to_dict().get(key))
+        raise GencoInputError(f"{where or reward_model.name}: it was trained on rows of another form than these logs "
+                              f"(different {differ}), so it cannot score their candidates")
+
+
+@dataclass
 class Predictions:
     """The reward model's expected reward per row: P(click), or after `scaled`, P(click) times a reward per click."""
 
@@ -320,9 +339,12 @@ def _truth(world, data: EncodedRows, view: TargetView) -> tuple[float, float | N
     return float(p.mean()), rpm
 
 
-def estimate_view(data: EncodedRows, view: TargetView, config: OPEConfig, *, reward_model=None, policy: str = "target",
-                  reward_model_name: str = "none", fit_rows: int = 0, world=None) -> OPEResult:
-    """Every estimate of the target's CTR (and RPM) from its view of the logged rows `data`."""
+def estimate_view(data: EncodedRows, view: TargetView, config: OPEConfig, *, reward_model: RewardModel | None = None,
+                  policy: str = "target", fit_rows: int = 0, world=None) -> OPEResult:
+    """Every estimate of the target's CTR (and RPM) from its view of the logged rows `data`; DM and DR with
+    `reward_model` (None: not computed)."""
+    if reward_model is not None:
+        check_reward_model(reward_model, data)
     logging = logging_view(data, config.assume_uniform)
     known = ~np.isnan(logging.propensity)
     click = data.click.astype(np.float64)
@@ -343,7 +365,7 @@ def estimate_view(data: EncodedRows, view: TargetView, config: OPEConfig, *, rew
     if not known.any():
         for name in ("ips", "snips", "dr"):
             unavailable[name] = "no propensities in the logs"
-    pred = predictions(reward_model, data, view) if reward_model is not None else None
+    pred = predictions(reward_model.model, data, view) if reward_model is not None else None
     estimates, weights = _estimates(click, view, logging, known, pred)
     if pred is None:
         unavailable.update({"dm": "no reward model", "dr": "no reward model", "dr-pi": "no reward model"})
@@ -359,7 +381,7 @@ def estimate_view(data: EncodedRows, view: TargetView, config: OPEConfig, *, rew
     if not any(np.isfinite(e.value) for e in estimates):
         raise GencoInputError("no estimate is possible: " + "; ".join(w["message"] for w in warnings))
     result = OPEResult(policy, config.mode, len(data), fit_rows, float(click.mean()), estimates, recommend(estimates),
-                       reward_model_name, unavailable=unavailable, warnings=warnings)
+                       reward_model.name if reward_model is not None else "none", unavailable=unavailable, warnings=warnings)
     result.rpm = _rpm_estimates(data, view, logging, known, pred, result)
     if world is not None:
         result.truth, result.truth_rpm = _truth(world, data, view)
@@ -424,8 +446,7 @@ def estimate_named(logs: EncodedRows, name: str, config: OPEConfig, *, world=Non
         view = policy_view(target, judged, config)
         reward_model = reward_model or RewardModel(_fitted_reward_model(fit, config, policy_options),
                                                    "a GenCO reward model fitted on the fit share")
-    return estimate_view(judged, view, config, reward_model=reward_model.model, policy=name, reward_model_name=reward_model.name,
-                         fit_rows=len(fit), world=world)
+    return estimate_view(judged, view, config, reward_model=reward_model, policy=name, fit_rows=len(fit), world=world)
 
 
 def _fitted_reward_model(fit: EncodedRows, config: OPEConfig, options: dict[str, Any]):
@@ -443,24 +464,5 @@ def estimate_model(logs: EncodedRows, model, config: OPEConfig, select_config: S
     DM and DR read the model's own reward model unless `reward_model` gives another."""
     view = model_view(model, logs, config, select_config or SelectConfig())
     reward_model = reward_model or RewardModel(model, "the model's own reward model (optimistic on rows it was trained on)")
-    return estimate_view(logs, view, config, reward_model=reward_model.model, policy=name, reward_model_name=reward_model.name,
-                         world=world)
-
-
-@dataclass
-class RewardModel:
-    """What DM and DR read: a GenCO model or ensemble (None: no direct method), and how a result names it."""
-
-    model: Any
-    name: str
-
-
-def check_reward_model(reward_schema, data: EncodedRows, where: str) -> None:
-    """A reward model read from `where` must read the logs as they were encoded (the same components, feature
-    lengths and hash sizes): its predictions index the same candidates. Raises GencoInputError otherwise."""
-    if reward_schema != data.schema:
-        mine, theirs = reward_schema.to_dict(), data.schema.to_dict()
-        differ = ", ".join(key for key in mine if mine[key] != theirs.get(key))
-        raise GencoInputError(f"--reward-model {where}: it was trained on rows of another form than these logs "
-                              f"(different {differ}), so it cannot score their candidates")
+    return estimate_view(logs, view, config, reward_model=reward_model, policy=name, world=world)
 
