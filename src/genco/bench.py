@@ -33,7 +33,7 @@ from genco.contract import LogRow, Request
 from genco.data import EncodedRows, encode, positions_of, request_dict
 from genco.evaluate import Evaluator
 from genco.model import GenCO
-from genco.policies import GenCOPolicy, make_policy
+from genco.policies import GENCO_SETTINGS, GENCO_VARIANTS, GenCOPolicy, make_policy
 from genco.world import World, WorldConfig, random_exposure_logs, simulate_in_memory
 
 SCENARIOS = ("offline", "closed-loop", "interaction", "candidates", "log-size", "cold-start", "structure", "scaling")
@@ -47,8 +47,12 @@ WORLD_POLICIES = ("oracle", "oracle-additive")  # they read the world's truth; n
 
 
 def build_policy(name: str, seed: int, world: World, **options: Any):
+    """A policy by name. `options` are GenCO settings (every GenCO variant takes them all; a baseline none of
+    them) and, for a baseline, its own constructor's keywords (`pair_prior` for mvt)."""
     if name in WORLD_POLICIES:
         return OraclePolicy(world, additive=name == "oracle-additive")
+    if name not in GENCO_VARIANTS:
+        options = {key: value for key, value in options.items() if key not in GENCO_SETTINGS}
     try:
         return make_policy(name, seed=seed, **options)
     except ImportError as exc:  # e.g. the vw extra is not installed

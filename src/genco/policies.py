@@ -70,13 +70,17 @@ GENCO_VARIANTS: dict[str, dict] = {
 }
 
 
+#: Every setting a GenCO variant takes: a field of ModelConfig, TrainConfig or SelectConfig.
+GENCO_SETTINGS = frozenset(f.name for c in (ModelConfig, TrainConfig, SelectConfig) for f in fields(c))
+
+
 def make_genco(name: str, *, seed: int = 0, epochs: int | None = None, **overrides) -> GenCOPolicy:
     """A GenCO variant by name; `overrides` set ModelConfig / TrainConfig / SelectConfig fields by name."""
     settings = {**GENCO_VARIANTS[name], **overrides, **({} if epochs is None else {"epochs": epochs})}
     model_class = settings.pop("model_class", GenCO)
     configs = [ModelConfig(), TrainConfig(seed=seed), BENCH_SELECT]
     for key in settings:
-        if not any(key in {f.name for f in fields(c)} for c in configs):
+        if key not in GENCO_SETTINGS:
             raise KeyError(f"unknown setting {key!r}")
     # replace() builds each config anew, so every value passes its range check (genco.options)
     model_config, train_config, select_config = (
@@ -88,22 +92,27 @@ def _lazy(module: str, cls: str) -> Callable[..., Policy]:
     """A baseline constructor that imports its module only when used (some need optional extras).
 
     The seed goes to the constructor of the baselines whose fit is random (initialisation, posterior
-    noise); the others take their randomness from `choose(seed=...)` alone.
+    noise); the others take their randomness from `choose(seed=...)` alone. Other options are the
+    constructor's own keyword arguments (`mvt:pair_prior=1e12` in benchmarks/variants.py); an unknown one
+    is an error, never silently dropped.
     """
-    def make(seed: int = 0, **_) -> Policy:
+    def make(seed: int = 0, **options) -> Policy:
         import importlib
         import inspect
 
         policy_class = getattr(importlib.import_module(f"genco.baselines.{module}"), cls)
-        takes_seed = "seed" in inspect.signature(policy_class).parameters
-        return policy_class(seed=seed) if takes_seed else policy_class()
+        parameters = inspect.signature(policy_class).parameters
+        unknown = sorted(set(options) - set(parameters))
+        if unknown:
+            raise KeyError(f"unknown setting {unknown[0]!r} for {cls}; it takes {', '.join(p for p in parameters if p != 'seed')}")
+        return policy_class(**options, **({"seed": seed} if "seed" in parameters else {}))
     return make
 
 
 BASELINES: dict[str, Callable[..., Policy]] = {
-    "random": lambda seed=0, **_: RandomPolicy(),
-    "counting": lambda seed=0, **_: ElementCounting(),
-    "independent-ts": lambda seed=0, **_: ElementCounting(thompson=True),
+    "random": lambda seed=0, **options: RandomPolicy(**options),
+    "counting": lambda seed=0, **options: ElementCounting(**options),
+    "independent-ts": lambda seed=0, **options: ElementCounting(thompson=True, **options),
     "mvt": _lazy("mvt", "MVTBandit"),
     "linucb": _lazy("linear", "LinUCB"),
     "lints": _lazy("linear", "LinTS"),
