@@ -51,10 +51,10 @@ def build_policy(name: str, seed: int, world: World, **options: Any):
     them) and, for a baseline, its own constructor's keywords (`pair_prior` for mvt)."""
     if name in WORLD_POLICIES:
         return OraclePolicy(world, additive=name == "oracle-additive")
-    if name not in GENCO_VARIANTS:
-        options = {key: value for key, value in options.items() if key not in GENCO_SETTINGS}
+    genco_settings = {key: value for key, value in options.items() if key in GENCO_SETTINGS}
+    own = {key: value for key, value in options.items() if key not in GENCO_SETTINGS}
     try:
-        return make_policy(name, seed=seed, **options)
+        return make_policy(name, seed=seed, genco_settings=genco_settings, **own)
     except ImportError as exc:  # e.g. the vw extra is not installed
         raise Skip(f"{name}: skipped ({exc})") from None
     except RuntimeError as exc:

@@ -65,7 +65,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 1) -> list[dict]:
     console.note(f"{len(logs)} impressions, {int(logs.click.sum())} clicks; evaluating on {len(requests)} fresh requests")
     rows = []
     for name in DEMO_POLICIES:
-        policy = make_policy(name, seed=seed, epochs=size.epochs, rl_epochs=size.rl_epochs)
+        policy = make_policy(name, seed=seed, genco_settings={"epochs": size.epochs, "rl_epochs": size.rl_epochs})
         console.note(f"[bold]{name}[/bold]: fitting")
         rows.append(score_policy(policy, seed, logs, request_data, evaluator))
         if isinstance(policy, GenCOPolicy):

@@ -422,7 +422,7 @@ def estimate_named(logs: EncodedRows, name: str, config: OPEConfig, *, world=Non
     `reward_model` (a model and what to call it) replaces the one DM and DR would use otherwise.
     `policy_options` go to a GenCO variant's configs by field name (genco.policies.make_genco)."""
     from genco.bench import WORLD_POLICIES, OraclePolicy
-    from genco.policies import GENCO_VARIANTS, GenCOPolicy, make_policy, policy_names
+    from genco.policies import GenCOPolicy, make_policy, policy_names
 
     fit_rows, judge_rows = _fit_split(len(logs), config.fit_share, config.seed)
     fit, judged = logs.take(fit_rows), logs.take(judge_rows)
@@ -433,8 +433,7 @@ def estimate_named(logs: EncodedRows, name: str, config: OPEConfig, *, world=Non
     elif name in policy_names():
         if fit.click.sum() == 0:
             raise GencoInputError(f"no clicks in the {len(fit)} impressions of the fit share: nothing to fit {name} on")
-        options = {"epochs": config.epochs, **policy_options} if name in GENCO_VARIANTS else {}
-        target = make_policy(name, seed=config.seed, **options)
+        target = make_policy(name, seed=config.seed, genco_settings={"epochs": config.epochs, **policy_options})
         target.fit(fit)
     else:
         raise GencoInputError(f"--policy {name!r}: neither a model folder nor a policy name; known: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
+from typing import Any
 
 from genco.autoregressive import AutoregressiveGenCO
 from genco.baselines.base import Policy, RandomPolicy
@@ -126,9 +127,11 @@ def policy_names() -> list[str]:
     return list(BASELINES) + list(GENCO_VARIANTS)
 
 
-def make_policy(name: str, *, seed: int = 0, **options) -> Policy:
+def make_policy(name: str, *, seed: int = 0, genco_settings: dict[str, Any] | None = None, **options) -> Policy:
+    """`options` go to the named policy and must be its own (unknown -> KeyError); `genco_settings` go to GenCO
+    variants only, so one call can build any policy of a list with, say, a shared epoch budget."""
     if name in GENCO_VARIANTS:
-        return make_genco(name, seed=seed, **options)
+        return make_genco(name, seed=seed, **(genco_settings or {}), **options)
     if name in BASELINES:
         return BASELINES[name](seed=seed, **options)
     raise KeyError(f"unknown policy {name!r}; known: {', '.join(policy_names())}")
