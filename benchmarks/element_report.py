@@ -120,6 +120,49 @@ def feature_fit(logs, truth: dict, keys: list) -> dict[tuple[str, str], float]:
     return out
 
 
+def known_rest_ceiling(world, logs, keys: list, features: bool) -> dict[tuple[str, str], float]:
+    """What the log itself can say about the shared elements' ranking, at best: the posterior mean of each
+    shared element's main effect (its quality) when everything else in the click logit is known exactly (the
+    product's appeal, every other component, the user terms, the interactions), fitted by Newton's method.
+    The prior is the world's own (quality ~ N(0, weight^2)), or with `features` the best linear map from the
+    element's features to its quality, fitted on the true qualities of the whole catalogue, with its residual
+    variance: an estimator no model fitted on the same clicks, without that knowledge, should beat but by luck."""
+    shown = logs.shown_positions()
+    requests = [request_dict(logs, r) for r in range(len(logs))]
+    selections = [{name: request["components"][name][shown[r, m]]["id"]
+                   for m, name in enumerate(logs.schema.components) if shown[r, m] >= 0}
+                  for r, request in enumerate(requests)]
+    p = world.click_probability_dicts(requests, selections)
+    offset = np.log(p) - np.log1p(-p)  # (n,) the true logit, minus the shared elements' quality below
+    columns = {key: j for j, key in enumerate(sorted({(name, sel[name]) for sel in selections for name in SHARED if name in sel}))}
+    design = np.zeros((len(logs), len(columns)))  # (n, P) one-hot of the shown shared elements
+    prior_mean, prior_var = np.zeros(len(columns)), np.empty(len(columns))
+    weight = {spec.name: spec.weight for spec in COMPONENTS}
+    for name in SHARED:
+        truth = world.components[name]
+        mean, var = np.zeros(len(truth.ids)), np.full(len(truth.ids), weight[name] ** 2)
+        if features:
+            x = np.column_stack([truth.features, np.ones(len(truth.ids))])
+            mean = x @ np.linalg.lstsq(x, truth.quality, rcond=None)[0]
+            var[:] = np.mean((truth.quality - mean) ** 2)
+        for (component, element), j in columns.items():
+            if component == name:
+                prior_mean[j], prior_var[j] = mean[truth.index[element]], var[truth.index[element]]
+    for r, sel in enumerate(selections):
+        for name in SHARED:
+            if name in sel:
+                truth = world.components[name]
+                offset[r] -= truth.quality[truth.index[sel[name]]]
+                design[r, columns[(name, sel[name])]] = 1.0
+    clicks, q = logs.click.astype(np.float64), prior_mean.copy()
+    for _ in range(25):
+        mu = 1.0 / (1.0 + np.exp(-(offset + design @ q)))
+        gradient = design.T @ (clicks - mu) - (q - prior_mean) / prior_var
+        hessian = (design * (mu * (1 - mu))[:, None]).T @ design + np.diag(1.0 / prior_var)
+        q += np.linalg.solve(hessian, gradient)
+    return {key: q[columns[key]] for key in keys if key in columns}
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     rank = lambda x: np.argsort(np.argsort(x)).astype(float)  # noqa: E731 (no ties among continuous effects)
     return float(np.corrcoef(rank(a), rank(b))[0, 1]) if len(a) > 2 else float("nan")
@@ -186,6 +229,9 @@ def main() -> None:
                       **rankings({key: peer[key] for key in labelled if key in peer}, truth)}), flush=True)
     print(json.dumps({"model": "features alone (least squares on the truth itself: a ceiling)", "impressions": len(logs),
                       **rankings(feature_fit(logs, truth, labelled), truth)}), flush=True)
+    for features, prior in ((False, "the world's prior"), (True, "the features' best map as prior")):
+        print(json.dumps({"model": f"the log's ceiling (everything else in the logit known; {prior})", "impressions": len(logs),
+                          **rankings(known_rest_ceiling(world, logs, labelled, features), truth)}), flush=True)
 
 
 def rankings(attributed: dict, truth: dict, raw_ctr: dict | None = None) -> dict:

@@ -18,7 +18,7 @@ def model_dir(train_world, tmp_path_factory):
     result = run_genco("train", "--logs", train_world / "logs.jsonl", "--out", out, "--epochs", "2", "--seed", "3",
                        "--reward-models", "2", "--rl-epochs", "1", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.split(": ", 1)[1])["best_epoch"] >= 1
+    assert json.loads(result.stdout.split(": ", 1)[1])["best_epoch"] in (0, 1, 2)  # 0: the wide part alone was kept
     return out
 
 

@@ -24,12 +24,13 @@ from genco.select import SelectConfig, choose
 from tests.test_files import log_rows
 
 OPTIONS = [{}, {"attention": False}, {"cross_component": False}, {"context_attention": True}, {"id_vectors": False},
-           {"element_ids": False, "ad_ids": False}, {"combination_effects": False}]
+           {"element_ids": False, "ad_ids": False}, {"combination_effects": False},
+           {"feature_effects": False, "pair_effects": False}]
 
 
 def randomised(model: GenCO | RewardEnsemble, seed: int) -> GenCO | RewardEnsemble:
-    """Every weight drawn at random (a fresh model's zero-initialised parts would hide a wrong lean term) and
-    id and combination counts spread, so that shrinkage is neither 0 nor 1."""
+    """Every weight drawn at random (a fresh model's zero-initialised parts would hide a wrong lean term), the
+    wide part's feature and pair effects too, and id and combination counts spread, so that shrinkage is neither 0 nor 1."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -37,6 +38,8 @@ def randomised(model: GenCO | RewardEnsemble, seed: int) -> GenCO | RewardEnsemb
         for name, buffer in model.named_buffers():
             if name.endswith("counts"):
                 buffer.copy_(torch.randint(0, 40, buffer.shape, generator=generator).float())
+            if name.endswith(("feature_effect", "pair_effect")):  # what the exact fit sets
+                buffer.copy_(0.5 * torch.randn(buffer.shape, generator=generator))
     return model.eval()
 
 

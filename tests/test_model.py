@@ -170,10 +170,12 @@ def test_an_ensemble_trains_with_nothing_held_out():
     data = encode(_rows(12))
     result = train(data, ModelConfig(dim=8, hidden=8), TrainConfig(epochs=1, holdout=0.0, reward_models=2, rl_epochs=1, k=2))
     assert isinstance(result.model, RewardEnsemble)
-    assert [(r.stage, r.epoch) for r in result.history] == [("reward", 1), ("reward", 1), ("generator", 0), ("generator", 1)]
+    # each member's epoch 0 is its wide part alone, fitted exactly
+    assert [(r.stage, r.epoch) for r in result.history] == [("reward", 0), ("reward", 1), ("reward", 0), ("reward", 1),
+                                                            ("generator", 0), ("generator", 1)]
     assert all(np.isfinite(r.heldout_logloss) for r in result.history), "judged on the training rows"
-    assert [r.heldout_generator_reward is None for r in result.history] == [True, True, False, False]
-    assert result.summary()["epochs"] == 3, "the generator's epoch 0 is a judgement, not a trained epoch"
+    assert [r.heldout_generator_reward is None for r in result.history] == [True] * 4 + [False] * 2
+    assert result.summary()["epochs"] == 3, "the epochs 0 are judgements, not trained epochs"
 
 
 @pytest.fixture(scope="module")
@@ -272,17 +274,25 @@ def test_bad_model_folders_are_clear_errors(train_world, trained, tmp_path):
     assert not (tmp_path / "s.jsonl").exists()
 
 
-def test_a_version_2_folder_still_loads_from_its_genco_json(trained, tmp_path):
-    """Before version 3 the description lived in genco.json alone."""
-    _, result = trained
+@pytest.mark.parametrize("version", [2, 3])
+def test_folders_of_earlier_versions_still_load(trained, tmp_path, version):
+    """Before version 3 the description lived in genco.json alone; before version 4 models had neither feature
+    nor pair effects (and no buffer for them)."""
+    logs, _ = trained
+    result = train(logs, ModelConfig(feature_effects=False, pair_effects=False), TrainConfig(epochs=1, seed=0, rl=False, reward_models=2))
     save_trained(result, tmp_path / "new", TrainConfig())
     old = tmp_path / "old"
     old.mkdir()
-    save_file(load_file(str(tmp_path / "new" / "model.safetensors")), str(old / "model.safetensors"))
+    weights = {k: v for k, v in load_file(str(tmp_path / "new" / "model.safetensors")).items() if not k.endswith("feature_effect")}
     meta = json.loads((tmp_path / "new" / "genco.json").read_text())
-    (old / "genco.json").write_text(json.dumps({**meta, "version": 2}))
+    for key in ("feature_effects", "pair_effects"):
+        del meta["model_config"][key]
+    meta["version"] = version
+    save_file(weights, str(old / "model.safetensors"), metadata={"genco": json.dumps(meta)} if version >= 3 else None)
+    (old / "genco.json").write_text(json.dumps(meta))
     model, loaded = load_model(old)
-    assert loaded["version"] == 2 and loaded["model_version"].startswith("old@")
+    assert loaded["version"] == version and loaded["model_version"].startswith("old@")
+    assert not model.config.feature_effects and not model.config.pair_effects
     for name, value in load_model(tmp_path / "new")[0].state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
 

@@ -1,5 +1,5 @@
-"""The id tables' MAP refit: the linear view is the model's own logit, the solve reaches the MAP, and the refit
-only replaces tables when it helps on held-out rows."""
+"""The wide part's exact fit: the linear view is the model's own logit, the solve reaches the MAP, and the fit
+only replaces the wide part when it helps on held-out rows."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from genco.data import collate
 from genco.model import GenCO, ModelConfig
-from genco.refit import _Problem, linear_view, refit_id_tables, tables
+from genco.refit import Wide, _Problem, _set_wide, linear_view, refit_wide, wide_of
 from genco.train import split
 from genco.world import WorldConfig, simulate_in_memory
+
+FIRST_ORDER = {"feature_effects": False, "pair_effects": False}  # ids, products and combinations only
 
 
 @pytest.fixture(scope="module")
@@ -24,33 +26,51 @@ def logs():
 def _model(data, **options) -> GenCO:
     torch.manual_seed(0)
     model = GenCO(data.schema, ModelConfig(dim=8, heads=2, hidden=8, **options)).eval()
-    with torch.no_grad():  # tables away from zero, as training leaves them
+    with torch.no_grad():  # the wide part away from zero, as training leaves it
         for table in (model.element_effect, model.ad_appeal, model.combination_effect):
             table.weight.normal_(0, 0.3)
+        model.feature_effect.normal_(0, 0.1)
+        if model.pair_effect is not None:
+            model.pair_effect.normal_(0, 0.3)
     model.count_ids(data, np.arange(len(data)))
     return model
 
 
-@pytest.mark.parametrize("options", [{}, {"attention": False}, {"combination_effects": False, "ad_ids": False}])
-def test_the_linear_view_is_the_models_click_logit(logs, options):
+@pytest.mark.parametrize("options", [FIRST_ORDER, {**FIRST_ORDER, "attention": False},
+                                     {**FIRST_ORDER, "combination_effects": False, "ad_ids": False}, {}])
+def test_the_linear_view_is_the_models_click_logit_whatever_its_wide_part(logs, options):
     model = _model(logs, **options)
     rows = np.arange(0, len(logs), 7)
     view = linear_view(model, logs, rows)
     batch = collate(logs, rows)
-    with torch.no_grad():
-        logit = model.click_logit(model.encode(batch), batch.shown[:, None, :])[:, 0]
-    element, product, combination = tables(model)
-    tabled = (view.alpha * element[view.element.clamp(min=0)]).sum(1) + product[view.product] + view.trust * combination[view.combination]
-    assert torch.allclose(view.offset + tabled, logit, atol=1e-5)
-    assert torch.allclose(view.offset + view.tabled(element, product, combination), logit, atol=1e-5)
+
+    def logit() -> torch.Tensor:
+        with torch.no_grad():
+            return model.click_logit(model.encode(batch), batch.shown[:, None, :])[:, 0]
+
+    wide = wide_of(model)
+    assert torch.allclose(view.offset + view.wide_logit(wide), logit(), atol=1e-5)
     assert (view.alpha[view.element < 0] == 0).all()
+    assert view.pair_present.any() == model.config.pair_effects
+    assert wide.feature.any() == model.config.feature_effects  # a part the model does not use is zero
+    # another wide part in the model: its logit is still the view's offset plus the new part's contribution
+    generator = torch.Generator().manual_seed(1)
+    moved = Wide(*(value + 0.2 * torch.randn(value.shape, generator=generator) for value in
+                   (wide.element, wide.product, wide.combination, wide.pair, wide.feature, wide.appeal)))
+    with torch.no_grad():
+        _set_wide(model, moved)
+    assert torch.allclose(view.offset + view.wide_logit(wide_of(model)), logit(), atol=1e-4)
+    assert not torch.allclose(view.wide_logit(wide_of(model)), view.wide_logit(wide), atol=1e-3)
 
 
-def test_the_solve_reaches_the_map(logs):
-    model = _model(logs)
+@pytest.mark.parametrize("options", [FIRST_ORDER, {}])
+def test_the_solve_reaches_the_map(logs, options):
+    model = _model(logs, **options)
     view = linear_view(model, logs, np.arange(len(logs)))
     problem = _Problem(view, model)
-    precision = torch.from_numpy(np.where(problem.block == "ids", 10.0, 100.0))
+    assert (problem.block == "user x features").any() == model.config.feature_effects
+    assert (problem.block == "pairs").any() == model.config.pair_effects
+    precision = torch.from_numpy(np.where(problem.block == "elements", 10.0, 100.0))
     x = problem.solve(precision, torch.zeros(problem.size, dtype=torch.float64)).requires_grad_(True)
     loss = F.binary_cross_entropy_with_logits(problem.logit(x), view.click.double(), reduction="sum") + 0.5 * (precision * x * x).sum()
     (gradient,) = torch.autograd.grad(loss, x)
@@ -58,23 +78,47 @@ def test_the_solve_reaches_the_map(logs):
     assert x.abs().max() > 1e-3  # the data moved it off the prior's centre
 
 
-def test_refit_keeps_only_what_helps_on_held_out_rows(logs):
+def test_the_start_is_the_model_as_it_stands(logs):
     model = _model(logs)
+    view = linear_view(model, logs, np.arange(len(logs)))
+    problem = _Problem(view, model)
+    full = problem.full(model, problem.start(model))
+    wide = wide_of(model)
+    assert torch.allclose(view.wide_logit(full), view.wide_logit(wide), atol=1e-5)
+
+
+def test_refit_keeps_only_what_helps_on_held_out_rows(logs):
+    model = _model(logs, **FIRST_ORDER)
     rows, heldout = split(len(logs), 0.2, 0)
-    before = [t.clone() for t in tables(model)]
-    outcome = refit_id_tables(model, logs, rows, heldout)
+    before = wide_of(model)
+    outcome = refit_wide(model, logs, rows, heldout)
     assert outcome.kept  # random tables at sd 0.3 are worse than their MAP
     assert outcome.heldout_logloss_after < outcome.heldout_logloss_before
-    after = tables(model)
-    assert not torch.equal(after[0], before[0])
-    assert set(outcome.precisions) == {"ids", "combinations"}
-    assert linear_view(model, logs, heldout).logloss(*after) == pytest.approx(outcome.heldout_logloss_after, abs=1e-5)
-    # refitting the refitted model finds nothing better: it keeps the tables as they are
-    again = refit_id_tables(model, logs, rows, heldout)
+    after = wide_of(model)
+    assert not torch.equal(after.element, before.element)
+    assert set(outcome.precisions) == {"elements", "products", "combinations", "context"}  # nothing for unused parts
+    assert linear_view(model, logs, heldout).logloss(after) == pytest.approx(outcome.heldout_logloss_after, abs=1e-5)
+    # refitting the refitted model finds nothing better: it keeps the wide part as it is
+    again = refit_wide(model, logs, rows, heldout)
     assert again.heldout_logloss_after <= outcome.heldout_logloss_after + 1e-6
 
 
-def test_refit_with_no_tables_is_a_no_op(logs):
-    model = _model(logs, element_ids=False, ad_ids=False, combination_effects=False)
-    outcome = refit_id_tables(model, logs, *split(len(logs), 0.2, 0))
-    assert not outcome.kept
+def test_a_model_without_id_tables_still_fits_its_appeal(logs):
+    model = _model(logs, **FIRST_ORDER, element_ids=False, ad_ids=False, combination_effects=False)
+    with torch.no_grad():
+        model.appeal.bias.fill_(2.0)  # far from the logs' click rate
+    outcome = refit_wide(model, logs, *split(len(logs), 0.2, 0))
+    assert outcome.kept
+    assert set(outcome.precisions) == {"context"}
+    assert float(model.appeal.bias.detach()) < 0  # a few percent of clicks
+
+
+def test_refit_sets_the_feature_and_pair_effects(logs):
+    model = _model(logs)
+    with torch.no_grad():
+        model.feature_effect.zero_()
+        model.pair_effect.zero_()
+    outcome = refit_wide(model, logs, *split(len(logs), 0.2, 0))
+    assert outcome.kept
+    assert {"features", "user x features", "pairs"} <= set(outcome.precisions)
+    assert model.feature_effect.abs().max() > 0 and model.pair_effect.abs().max() > 0

@@ -33,8 +33,9 @@ from genco.files import atomic_write_json, output_folder
 from genco.model import GenCO, ModelConfig
 
 FORMAT = "genco-model"
-VERSION = 3  # 2: id vectors and their counts; 3: the description also in the weights file's header
-READABLE = (2, 3)
+VERSION = 4  # 2: id vectors and their counts; 3: the description also in the weights file's header;
+#             4: the wide part's feature and pair effects (ModelConfig.feature_effects, pair_effects)
+READABLE = (2, 3, 4)
 
 
 def check_model_folder(directory: str | Path) -> None:
@@ -120,7 +121,8 @@ def load_model(directory: str | Path) -> tuple[GenCO | RewardEnsemble, dict[str,
     meta = {**meta, "model_version": f"{directory.resolve().name}@{hashlib.sha256(raw).hexdigest()[:12]}"}
     try:
         schema = FeatureSchema(**meta["schema"])
-        config = ModelConfig(**meta["model_config"])
+        older = {"feature_effects": False, "pair_effects": False} if meta["version"] < 4 else {}  # they had neither
+        config = ModelConfig(**{**older, **meta["model_config"]})
         kind = meta.get("kind", "GenCO")
         if kind == "RewardEnsemble":
             ensemble = meta["ensemble"]
@@ -133,6 +135,8 @@ def load_model(directory: str | Path) -> tuple[GenCO | RewardEnsemble, dict[str,
         state = load_weights(raw)
     except (SafetensorError, ValueError) as exc:
         raise GencoInputError(f"{weights}: unreadable ({exc})") from None
+    if meta["version"] < 4:  # the feature-effect buffer, zero in a model that does not use it, came with version 4
+        state |= {key: value for key, value in model.state_dict().items() if key.endswith("feature_effect") and key not in state}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

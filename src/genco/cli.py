@@ -46,6 +46,12 @@ class RLObjectiveChoice(str, Enum):
     mean = "mean"
 
 
+class WideFitChoice(str, Enum):
+    first = "first"
+    after = "after"
+    none = "none"
+
+
 class FeaturesChoice(str, Enum):
     full = "full"
     partial = "partial"
@@ -209,7 +215,9 @@ def train(
     combination_shrinkage: Annotated[float, typer.Option(help="Impressions at which a whole combination's own effect counts half.")] = 50.0,
     no_id_vectors: Annotated[bool, typer.Option("--no-id-vectors", help="Element ids give a scalar effect only, no vector in the embedding (ids cannot interact).")] = False,
     no_combination_effects: Annotated[bool, typer.Option("--no-combination-effects", help="No effect per whole combination: the bag logit is its instances' alone.")] = False,
-    no_id_refit: Annotated[bool, typer.Option("--no-id-refit", help="Keep the id tables (element effects, product appeal, combination effects) as stochastic training left them instead of refitting them exactly (a MAP logistic regression given the rest of the network, priors chosen on held-out rows).")] = False,
+    no_feature_effects: Annotated[bool, typer.Option("--no-feature-effects", help="No exactly fitted linear term in each element's features and user x features in the wide part.")] = False,
+    no_pair_effects: Annotated[bool, typer.Option("--no-pair-effects", help="No exactly fitted effect per pair of element ids in the wide part.")] = False,
+    wide_fit: Annotated[WideFitChoice, typer.Option(help="When the wide part (product appeal, element ids, features, pairs, combinations: a logistic regression) is fitted exactly, a MAP with priors chosen on held-out rows: first (before the network, which then learns what it cannot say, and is kept only where that helps on held-out rows), after (the network and the wide part trained together by stochastic steps, then the wide part refitted given the network) or none (stochastic steps only).")] = WideFitChoice.first,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
     k: Annotated[int, typer.Option("--k", help=f"Combinations sampled per context for the policy gradient (2 to {MAX_K}); each is credited with what it adds to the best of the K.")] = 16,
@@ -234,10 +242,11 @@ def train(
     model_config = ModelConfig(dim=dim, context_dim=context_dim, attention=not no_attention,
                                cross_component=not no_cross_component, id_vectors=not no_id_vectors,
                                id_shrinkage=id_shrinkage, combination_effects=not no_combination_effects,
-                               combination_shrinkage=combination_shrinkage)
+                               combination_shrinkage=combination_shrinkage, feature_effects=not no_feature_effects,
+                               pair_effects=not no_pair_effects)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
-                               reward_models=reward_models, rl_objective=rl_objective.value, id_refit=not no_id_refit)
+                               reward_models=reward_models, rl_objective=rl_objective.value, wide_fit=wide_fit.value)
     limits = Limits(max_candidates=max_candidates)
     check_model_folder(out)  # before hours of training, not after
     data, report = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)

@@ -65,6 +65,7 @@ class FeatureSchema:
     id_buckets: int = 1 << 16
     ad_buckets: int = 1 << 14
     combination_buckets: int = 1 << 20
+    pair_buckets: int = 1 << 20  # hashed pairs of element ids (GenCO's pair effects)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

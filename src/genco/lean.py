@@ -30,7 +30,7 @@ from torch import nn
 
 from genco.data import Batch
 from genco.ensemble import RewardEnsemble
-from genco.model import GenCO, combination_bucket, shrinkage_trust
+from genco.model import GenCO, combination_bucket, pair_buckets, shrinkage_trust
 from genco.noise import RequestNoise
 
 #: Fill for masked attention logits: finite, so that a set with no valid item gives a finite softmax that
@@ -101,6 +101,7 @@ class LeanGreedy(nn.Module):
         self.has_features = [self.schema.feature_dims[name] > 0 for name in self.schema.components]
         self.register_buffer("component", _stack([m.component.weight for m in members]))  # (E, M, d)
         self.register_buffer("element_effect", _stack([m.element_effect.weight[:, 0] for m in members]))  # (E, buckets)
+        self.register_buffer("feature_effect", _stack([m.feature_effect for m in members]))  # (E, M, 1 + U, F)
         trust = [shrinkage_trust(m.id_counts, c.id_shrinkage) for m in members]
         self.register_buffer("id_vector", _stack([t[:, None] * m.id_vector.weight for t, m in zip(trust, members)]))  # (E, buckets, d)
         # reward model: bag attention, phi, pooling, combination effects
@@ -112,6 +113,8 @@ class LeanGreedy(nn.Module):
         self.pool_in, self.pool_out = lin(lambda m: m.pool[0]), lin(lambda m: m.pool[2])
         effect = [shrinkage_trust(m.combination_counts, c.combination_shrinkage) * m.combination_effect.weight[:, 0] for m in members]
         self.register_buffer("combination_effect", _stack(effect))  # (E, combination buckets), trust included
+        pairs = first.pair_effect is not None
+        self.register_buffer("pair_effect", _stack([m.pair_effect for m in members]) if pairs else None)  # (E, pair buckets)
 
     @staticmethod
     def supports(model) -> bool:
@@ -144,6 +147,11 @@ class LeanGreedy(nn.Module):
             effect = self.element_effect[:, element_bucket]  # (E, B, M, N)
         else:
             effect = torch.zeros(E, B, M, N)
+        if self.config.feature_effects and any(self.has_features):
+            wide = torch.cat([torch.ones(B, 1), inputs["user"]], dim=1) if "user" in inputs else torch.ones(B, 1)  # (B, 1 + U)
+            effect = effect + torch.stack([
+                torch.einsum("bnf,ecf,bc->ebn", inputs[f"features_{m}"], self.feature_effect[:, m, :, :self.schema.feature_dims[name]], wide)
+                if has else torch.zeros(E, B, N) for m, (name, has) in enumerate(zip(self.schema.components, self.has_features))], dim=2)
         return h, appeal, e, effect
 
     # -- generator (member 0) ------------------------------------------------------------------------------------
@@ -198,10 +206,13 @@ class LeanGreedy(nn.Module):
         else:
             alpha = present.float().expand(E, -1, -1, -1)
         creative = (alpha * s).masked_fill(~present, 0.0).sum(dim=-1)  # (E, B, K)
+        buckets = element_bucket.reshape(B, M * N).gather(1, slot).view(B, K, M)
         if self.config.combination_effects:
-            buckets = element_bucket.reshape(B, M * N).gather(1, slot).view(B, K, M)
             which = combination_bucket(buckets, present, self.schema.combination_buckets)  # (B, K)
             creative = creative + self.combination_effect[:, which]
+        if self.pair_effect is not None:
+            pair, both = pair_buckets(buckets, present, self.schema.pair_buckets)  # (B, K, P)
+            creative = creative + (self.pair_effect[:, pair] * both).sum(dim=-1)
         return creative.mean(dim=0)  # (B, K)
 
     # -- the answer ----------------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ class ModelConfig:
     combination_effects: bool = True  # a shrunk effect per whole combination: what its elements cannot explain
     combination_shrinkage: float = bounded(50.0, ge=0, le=1e6)  # impressions at which it counts half
     context_attention: bool = False  # attention queries see the context (which partner matters may depend on the user)
+    feature_effects: bool = True  # an exactly fitted linear term in each element's features and user x features (genco.refit)
+    pair_effects: bool = True  # an exactly fitted effect per pair of element ids (MVT's pairwise terms; genco.refit)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -101,6 +103,8 @@ class BagTerms:
     bucket: torch.Tensor  # (B, K, M) element id bucket of each chosen element
     combination: torch.Tensor | None  # (B, K) combination bucket (None without combination effects)
     trust: torch.Tensor | None  # (B, K) how much the combination's own effect counts
+    pair: torch.Tensor | None  # (B, K, P) pair bucket of every pair of components (None without pair effects)
+    pair_present: torch.Tensor | None  # (B, K, P) both elements of the pair present
 
 
 class CrossAttention(nn.Module):
@@ -187,6 +191,26 @@ def combination_bucket(buckets: torch.Tensor, present: torch.Tensor, size: int) 
     return torch.remainder(h * 0x2545F4914F6CDD1D, size)
 
 
+_PAIR_MIX = (0x9E3779B97F4A7C15 - (1 << 64), 0x5851F42D4C957F2D, 0x14057B7EF767814F, 0x2545F4914F6CDD1D)
+
+
+def component_pairs(M: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair of components m < m': (P,) first and (P,) second, P = M (M - 1) / 2."""
+    first, second = np.triu_indices(M, 1)
+    return torch.as_tensor(first, dtype=torch.long), torch.as_tensor(second, dtype=torch.long)
+
+
+def pair_buckets(buckets: torch.Tensor, present: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A hash of every pair of chosen elements: element id buckets (..., M) and presence (..., M) -> bucket in
+    [0, size) per pair of components (..., P) and whether both are present (..., P). Which two components
+    the pair joins is part of the hash."""
+    first, second = component_pairs(buckets.shape[-1])
+    which = torch.arange(len(first)) + 1
+    h = (buckets[..., first] + 1) * _PAIR_MIX[0] + (buckets[..., second] + 1) * _PAIR_MIX[1] + which * _PAIR_MIX[2]
+    h = h ^ (h >> 29)
+    return torch.remainder(h * _PAIR_MIX[3], size), present[..., first] & present[..., second]
+
+
 def linear(inputs: int, outputs: int, bias: bool = True) -> nn.Linear:
     """nn.Linear, also for zero inputs (`user: []` and no ad features, elements without features): the output
     is then the bias alone (or zeros), and the no-op initialisation of the empty weight needs no warning."""
@@ -259,6 +283,13 @@ class GenCO(nn.Module):
         # elements and shrunk the same way: a combination seen a few times stays at what its elements say.
         self.combination_effect = nn.Embedding(schema.combination_buckets, 1)
         self.register_buffer("combination_counts", torch.zeros(schema.combination_buckets))
+        # A wide term per element, [1, user] . W_m . features: set by the exact refit after stage 1 (genco.refit),
+        # never by stochastic steps, so it is a buffer (zero until then). Padded to the widest feature vector.
+        widest = max([schema.feature_dims[m] for m in schema.components], default=0)
+        self.register_buffer("feature_effect", torch.zeros(M, 1 + U, widest))
+        # An effect per pair of element ids (MVT's pairwise terms): what two elements do together that neither
+        # their own effects nor the network say; set by the exact fit alone, like feature_effect.
+        self.register_buffer("pair_effect", torch.zeros(schema.pair_buckets) if c.pair_effects and M > 1 else None)
         # generator: cross-component attention over every candidate, and how peaked pi is per component.
         # The policy gradient can sharpen pi here instead of inflating the scores phi shares with the reward model.
         context = C if c.context_attention else 0
@@ -296,6 +327,14 @@ class GenCO(nn.Module):
         combos = combination_bucket(torch.from_numpy(shown), torch.from_numpy(shown >= 0), self.schema.combination_buckets)
         self.combination_counts.copy_(torch.bincount(combos, minlength=self.schema.combination_buckets).float())
 
+    @torch.no_grad()
+    def silence_network(self) -> None:
+        """Zero the network's part of the click logit (phi's wide weights; its deep part and the MIL pooling
+        start at zero anyway), so that the model is its wide part alone: genco.train's wide start."""
+        for layer in (self.phi.element, self.phi.context, self.phi.pair):
+            layer.weight.zero_()
+        self.phi.element.bias.zero_()
+
     def encode(self, batch: Batch) -> Encoded:
         context_in = torch.cat([batch.user, batch.ad], dim=1)  # (B, U + A)
         appeal = self.appeal(context_in).squeeze(1)  # (B,)
@@ -314,8 +353,17 @@ class GenCO(nn.Module):
             effect = self.element_effect(batch.element_bucket).squeeze(-1)  # (B, T)
         else:
             effect = torch.zeros(batch.mask.shape)
+        if self.config.feature_effects:
+            effect = effect + self.feature_terms(batch.user, batch.features)
         return Encoded(h=h, appeal=appeal, e=e, effect=effect, mask=batch.mask, slices=batch.slices, bucket=batch.element_bucket,
                        slot_component=batch.slot_component)
+
+    def feature_terms(self, user: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """The refitted wide term of every slot: [1, user] . W_m . features. user (B, U), features[m] (B, N_m, F_m)
+        -> (B, T)."""
+        context = torch.cat([torch.ones(user.shape[0], 1), user], dim=1)  # (B, 1 + U)
+        return torch.cat([torch.einsum("bnf,cf,bc->bn", f, self.feature_effect[m, :, :f.shape[-1]], context)
+                          for m, f in enumerate(features)], dim=1)
 
     # -- generator -----------------------------------------------------------------------------------------------
 
@@ -446,12 +494,15 @@ class GenCO(nn.Module):
         alpha = alpha.masked_fill(~present, 0.0)
         creative = (alpha * s).masked_fill(~present, 0.0).sum(dim=-1)  # (B, K)
         bucket = enc.bucket.gather(1, slot.view(B, K * M)).view(B, K, M)
-        combination, trust = None, None
+        combination, trust, pair, pair_present = None, None, None, None
         if self.config.combination_effects:
             combination = combination_bucket(bucket, present, self.schema.combination_buckets)  # (B, K)
             trust = shrinkage_trust(self.combination_counts[combination], self.config.combination_shrinkage)
             creative = creative + trust * self.combination_effect(combination).squeeze(-1)
-        return BagTerms(creative, s, present, alpha, bucket, combination, trust)
+        if self.pair_effect is not None:
+            pair, pair_present = pair_buckets(bucket, present, self.schema.pair_buckets)  # (B, K, P)
+            creative = creative + (self.pair_effect[pair] * pair_present).sum(dim=-1)
+        return BagTerms(creative, s, present, alpha, bucket, combination, trust, pair, pair_present)
 
     def click_logit(self, enc: Encoded, combos: torch.Tensor) -> torch.Tensor:
         """Full P(click) logit of combinations (B, K, M): appeal + creative part. (B, K)"""

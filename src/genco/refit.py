@@ -1,134 +1,214 @@
-"""The reward model's id tables refitted exactly: a MAP logistic regression on top of the trained network.
+"""The reward model's wide part fitted exactly: a MAP logistic regression given the rest of the network.
 
-Stage 1 trains every parameter by stochastic steps and stops on held-out log loss. For the tables keyed by
-id (each element's own effect, each product's appeal, each whole combination's effect) that is a poor
-estimator: a row of such a table holds a handful of clicks, single steps are noisy, and the epoch at which
-held-out log loss turns is one crude regulariser for ids seen ten times and ids seen ten thousand times.
-With the network frozen, the click logit of a logged combination is linear in those tables,
+Stochastic steps with early stopping are a poor estimator of the parameters that each hold a handful of clicks
+(each element's own effect, each product's appeal, each whole combination's effect) and of the linear effects
+of features, which a logistic regression estimates well from few clicks: single steps are noisy, and the
+epoch at which held-out log loss turns is one crude regulariser for ids seen ten times and ids seen ten
+thousand times. With the network frozen, the click logit of a logged combination is linear in those parts,
 
-    logit_i = o_i + sum_m alpha_im w[element_im] + v[product_i] + t_i u[combination_i]
+    logit_i = o_i + [1, u_i, z_i] . b + v[product_i]
+              + sum_m alpha_im (w[element_im] + [1, u_i] . W_m . x_im) + t_i c[combination_i]
+              + sum_{m < m'} r[pair_imm']
 
-(o: everything else the network says; alpha: the MIL pooling weights; t: the combination's trust, see
-GenCO.bag_terms), so their MAP under Gaussian priors N(0, 1 / lambda) is a convex logistic regression. It
-is solved to convergence here (full-batch L-BFGS, diagonally preconditioned), the way MVT (Hill et al. 2017)
-fits its first-order terms. A Gaussian prior shrinks by information, not by impressions: an id seen 1,000
-times with 15 clicks stays near what its features say, where shrinkage by impressions would trust it. The
-prior centre, zero, is what the network's features and embeddings already predict.
+(o: everything else the network says; u_i, z_i: user and ad features, b the appeal's linear layer;
+alpha: the MIL pooling weights; x_im: the shown element's features, W_m the wide feature term of
+`ModelConfig.feature_effects`; t: the combination's trust, see GenCO.bag_terms; r: the effect of each pair of
+element ids, `ModelConfig.pair_effects`, MVT's pairwise terms), so their MAP under Gaussian
+priors N(0, 1 / lambda) is a convex logistic regression. It is solved to convergence here (full-batch L-BFGS,
+diagonally preconditioned), the way MVT (Hill et al. 2017) fits its first-order terms. A Gaussian prior
+shrinks by information, not by impressions: an id seen 1,000 times with 15 clicks stays near what its features
+say, where shrinkage by impressions would trust it. The prior centre, zero, is what the network already
+predicts.
 
-A table per pair of element ids (MVT's pairwise terms) fitted the same way was tried and not kept: on the
-id-only tree and dense worlds it lowered the share of the oracle lift (three seeds each, see the README).
+Training uses it twice (genco.train): before stage 1, on a network whose output is zero, so that the network
+learns what the wide part cannot say (and is kept only where that helps on held-out rows); and after it,
+given the trained network.
 
-The precisions are chosen by the member's own held-out log loss, one table at a time over a small grid
-(starting from the strongest prior of each), and the refit is kept only when it beats the stochastically
-trained tables there.
+The precisions are chosen by the member's own held-out log loss, one block at a time over a small grid
+(starting from a moderate prior of each), and a refit after stage 1 is kept only when it beats the parameters
+it replaces there.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from genco.data import EncodedRows, batch_indices, collate
-from genco.model import GenCO
+from genco.model import GenCO, component_pairs
 
-#: Prior precisions tried per table (1 / variance of the N(0, .) prior on its log-odds effects).
-PRECISIONS = {"ids": (3.0, 10.0, 30.0, 100.0), "combinations": (10.0, 30.0, 100.0, 1000.0)}
+#: Prior precisions tried per block (1 / variance of the N(0, .) prior on its log-odds weights), the first of each
+#: the one a block keeps unless held-out rows say otherwise: a moderate prior, since on small logs the held-out
+#: rows say little and neither extreme is a safe default.
+PRECISIONS = {"features": (10.0, 1.0, 100.0, 1000.0), "user x features": (1000.0, 10.0, 100.0, 10000.0),
+              "context": (10.0, 1.0, 100.0), "products": (10.0, 1.0, 3.0, 30.0, 100.0),
+              "elements": (10.0, 3.0, 30.0, 100.0), "pairs": (1000.0, 300.0, 3000.0),
+              "combinations": (100.0, 10.0, 30.0, 1000.0)}
+#: The appeal's bias has no prior to speak of: it is the overall click rate.
+FLAT = 1e-6
+
+
+@dataclass
+class Wide:
+    """The wide part's parameters, full size."""
+
+    element: torch.Tensor  # (id buckets,) each element's own effect
+    product: torch.Tensor  # (ad buckets,) each product's appeal
+    combination: torch.Tensor  # (combination buckets,) each whole combination's effect
+    pair: torch.Tensor  # (pair buckets,) each pair of element ids' effect
+    feature: torch.Tensor  # (M, 1 + U, F) W_m, zero-padded to the widest feature vector
+    appeal: torch.Tensor  # (1 + U + A,) the appeal's bias, then its weights on user and ad features
 
 
 @dataclass
 class LinearView:
-    """n logged rows as a logistic regression in the id tables (see the module doc)."""
+    """n logged rows as a logistic regression in the wide part (see the module doc)."""
 
-    offset: torch.Tensor  # (n,) the logit without the tables' contributions
+    offset: torch.Tensor  # (n,) the logit without the wide part's contribution
     alpha: torch.Tensor  # (n, M) pooling weight of each shown element (0: absent)
     element: torch.Tensor  # (n, M) element id bucket (-1: absent)
     product: torch.Tensor  # (n,) ad bucket
     trust: torch.Tensor  # (n,) weight of the combination's own effect (0 without combination effects)
     combination: torch.Tensor  # (n,) combination bucket
+    pair: torch.Tensor  # (n, P) pair bucket of each pair of components
+    pair_present: torch.Tensor  # (n, P) both elements of the pair shown (False everywhere without pair effects)
+    features: torch.Tensor  # (n, M, F) features of each shown element, zero-padded (zeros: absent)
+    context: torch.Tensor  # (n, 1 + U) [1, user]
+    appeal_in: torch.Tensor  # (n, 1 + U + A) [1, user, ad]
     click: torch.Tensor  # (n,)
 
-    def tabled(self, element: torch.Tensor, product: torch.Tensor, combination: torch.Tensor) -> torch.Tensor:
-        """The tables' part of every row's logit (n,), given full-size tables."""
-        return ((self.alpha * element[self.element.clamp(min=0)]).sum(dim=1) + product[self.product]
-                + self.trust * combination[self.combination])
+    def wide_logit(self, wide: Wide) -> torch.Tensor:
+        """The wide part of every row's logit (n,)."""
+        per_element = torch.einsum("nmf,mcf,nc->nm", self.features, wide.feature.to(self.features.dtype), self.context)
+        return ((self.alpha * (wide.element[self.element.clamp(min=0)] + per_element)).sum(dim=1)
+                + wide.product[self.product] + self.trust * wide.combination[self.combination]
+                + (wide.pair[self.pair] * self.pair_present).sum(dim=1)
+                + self.appeal_in @ wide.appeal.to(self.appeal_in.dtype))
 
-    def logloss(self, *tables: torch.Tensor) -> float:
-        return float(F.binary_cross_entropy_with_logits(self.offset + self.tabled(*tables), self.click))
+    def logloss(self, wide: Wide) -> float:
+        return float(F.binary_cross_entropy_with_logits(self.offset + self.wide_logit(wide), self.click))
 
 
 @torch.no_grad()
 def linear_view(model: GenCO, data: EncodedRows, rows: np.ndarray, batch_size: int = 2048) -> LinearView:
     """The logged combinations of `rows` as a LinearView of the model (eval mode: no dropout)."""
     model.eval()
-    current = tables(model)
+    current = wide_of(model)
     parts: list[LinearView] = []
     for idx in batch_indices(len(rows), batch_size):
         batch = collate(data, rows[idx])
         enc = model.encode(batch)
         terms = model.bag_terms(enc, batch.shown[:, None, :])  # (B, 1, ...)
         present, B = terms.present[:, 0], batch.size  # (B, M)
+        P = len(component_pairs(present.shape[1])[0])
+        shown = torch.zeros(B, len(batch.features), current.feature.shape[-1])  # (B, M, F)
+        for m, f in enumerate(batch.features):
+            if f.shape[-1] and f.shape[1]:
+                at = batch.shown[:, m].clamp(min=0)
+                shown[:, m, :f.shape[-1]] = torch.where(present[:, m, None], f[torch.arange(B), at], 0.0)
         view = LinearView(
             offset=enc.appeal + terms.creative[:, 0], alpha=terms.alpha[:, 0], element=torch.where(present, terms.bucket[:, 0], -1),
             product=batch.ad_bucket, trust=terms.trust[:, 0] if terms.trust is not None else torch.zeros(B),
             combination=terms.combination[:, 0] if terms.combination is not None else torch.zeros(B, dtype=torch.long),
-            click=batch.click)
-        view.offset = view.offset - view.tabled(*current)
+            pair=terms.pair[:, 0] if terms.pair is not None else torch.zeros(B, P, dtype=torch.long),
+            pair_present=terms.pair_present[:, 0] if terms.pair is not None else torch.zeros(B, P, dtype=torch.bool),
+            features=shown, context=torch.cat([torch.ones(B, 1), batch.user], dim=1),
+            appeal_in=torch.cat([torch.ones(B, 1), batch.user, batch.ad], dim=1), click=batch.click)
+        view.offset = view.offset - view.wide_logit(current)
         parts.append(view)
-    return LinearView(**{k: torch.cat([getattr(v, k) for v in parts]) for k in LinearView.__dataclass_fields__})
+    return LinearView(**{f.name: torch.cat([getattr(v, f.name) for v in parts]) for f in fields(LinearView)})
 
 
-def _used_tables(model: GenCO) -> list[tuple[torch.nn.Embedding, bool]]:
-    c = model.config
-    return [(model.element_effect, c.element_ids), (model.ad_appeal, c.ad_ids), (model.combination_effect, c.combination_effects)]
+def _used_tables(model: GenCO) -> list[tuple[torch.Tensor, bool]]:
+    """The id tables (elements, products, combinations, pairs) as vectors, and whether the model uses each."""
+    c, schema = model.config, model.schema
+    return [(model.element_effect.weight[:, 0], c.element_ids), (model.ad_appeal.weight[:, 0], c.ad_ids),
+            (model.combination_effect.weight[:, 0], c.combination_effects),
+            (model.pair_effect if model.pair_effect is not None else torch.zeros(schema.pair_buckets), model.pair_effect is not None)]
 
 
-def tables(model: GenCO) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The current element, product and combination tables (zeros where the model does not use one)."""
-    return tuple(table.weight[:, 0].detach().clone() if used else torch.zeros(table.num_embeddings)
-                 for table, used in _used_tables(model))
+def wide_of(model: GenCO) -> Wide:
+    """The model's wide part as it stands (zeros where the model does not use a table)."""
+    element, product, combination, pair = (table.detach().clone() if used else torch.zeros(len(table))
+                                           for table, used in _used_tables(model))
+    appeal = torch.cat([model.appeal.bias.detach(), model.appeal.weight.detach()[0]])
+    feature = model.feature_effect.detach().clone() if model.config.feature_effects else torch.zeros(model.feature_effect.shape)
+    return Wide(element, product, combination, pair, feature, appeal)
 
 
-def _set_tables(model: GenCO, *values: torch.Tensor) -> None:
-    for (table, used), value in zip(_used_tables(model), values):
+def _set_wide(model: GenCO, wide: Wide) -> None:
+    for (table, used), value in zip(_used_tables(model), (wide.element, wide.product, wide.combination, wide.pair)):
         if used:
-            table.weight[:, 0] = value
+            table.copy_(value)
+    if model.config.feature_effects:
+        model.feature_effect.copy_(wide.feature)
+    model.appeal.bias.copy_(wide.appeal[:1])
+    model.appeal.weight.copy_(wide.appeal[None, 1:])
 
 
 class _Problem:
-    """The regression on the ids the training rows touch: each table's touched ids renumbered into one vector x,
-    in blocks (elements and products: "ids"; "combinations")."""
+    """The regression on the ids the training rows touch: one vector x holding each table's touched ids
+    renumbered ("elements", "products", "combinations", "pairs"), then, with feature effects, W flattened ("features"
+    for its first row, "user x features" for the rest), then the appeal's bias ("bias") and weights ("context")."""
 
     def __init__(self, view: LinearView, model: GenCO):
         n = len(view.click)
         present = view.element >= 0
-        shown = (view.element[present], view.product, view.combination)  # the ids of each table the rows touch
-        touched = [torch.unique(ids) if used else torch.zeros(0, dtype=torch.long)
-                   for ids, (_, used) in zip(shown, _used_tables(model))]
-        self.touched = touched
-        starts = np.cumsum([0] + [len(t) for t in touched])
-        self.size = int(starts[-1])
-        self.block = np.repeat(np.array(["ids", "ids", "combinations"]), [len(t) for t in touched])
-        # every row's nonzeros (n, M + 2): its M elements, its product, its combination; weight 0 where unused
-        keys = [view.element.clamp(min=0), view.product[:, None], view.combination[:, None]]
-        weights = [view.alpha.masked_fill(~present, 0.0), torch.ones(n, 1), view.trust[:, None]]
+        shown = (view.element[present], view.product, view.combination, view.pair[view.pair_present])  # what the rows touch
+        self.touched = [torch.unique(ids) if used else torch.zeros(0, dtype=torch.long)
+                        for ids, (_, used) in zip(shown, _used_tables(model))]
+        starts = np.cumsum([0] + [len(t) for t in self.touched])
+        self.tabled_size = int(starts[-1])
+        self.feature_shape = model.feature_effect.shape if model.config.feature_effects else (0, 0, 0)  # (M, 1 + U, F)
+        feature_rows = np.broadcast_to(np.arange(self.feature_shape[1])[None, :, None], self.feature_shape).reshape(-1)
+        self.appeal_at = self.tabled_size + len(feature_rows)
+        appeal_size = view.appeal_in.shape[1]
+        self.size = self.appeal_at + appeal_size
+        self.block = np.concatenate([np.repeat(np.array(["elements", "products", "combinations", "pairs"]), [len(t) for t in self.touched]),
+                                     np.where(feature_rows == 0, "features", "user x features"),
+                                     ["bias"] + ["context"] * (appeal_size - 1)])
+        # every row's nonzeros in the id tables (n, M + 2 + P): its M elements, its product, its combination, its P
+        # pairs; weight 0 where unused
+        keys = [view.element.clamp(min=0), view.product[:, None], view.combination[:, None], view.pair]
+        weights = [view.alpha.masked_fill(~present, 0.0), torch.ones(n, 1), view.trust[:, None], view.pair_present.double()]
         self.columns = torch.cat([start + torch.searchsorted(t, key).clamp(max=len(t) - 1) if len(t) else torch.zeros_like(key)
-                                  for t, key, start in zip(touched, keys, starts)], dim=1)
+                                  for t, key, start in zip(self.touched, keys, starts)], dim=1)
         self.weights = torch.cat([w.double() if len(t) else torch.zeros(w.shape, dtype=torch.float64)
-                                  for t, w in zip(touched, weights)], dim=1)
+                                  for t, w in zip(self.touched, weights)], dim=1)
+        self.alpha = weights[0].double()  # (n, M)
+        self.features, self.context = view.features.double(), view.context.double()  # (n, M, F), (n, 1 + U)
+        self.appeal_in = view.appeal_in.double()  # (n, 1 + U + A)
         self.offset, self.click = view.offset.double(), view.click.double()
 
+    def feature_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """W (M, 1 + U, F) of a solution x."""
+        return x[self.tabled_size:self.appeal_at].view(self.feature_shape)
+
     def logit(self, x: torch.Tensor) -> torch.Tensor:
-        return self.offset + (self.weights * x[self.columns]).sum(dim=1)
+        logit = self.offset + (self.weights * x[self.columns]).sum(dim=1) + self.appeal_in @ x[self.appeal_at:]
+        if self.appeal_at > self.tabled_size:
+            per_element = torch.einsum("nmf,mcf,nc->nm", self.features, self.feature_weights(x), self.context)
+            logit = logit + (self.alpha * per_element).sum(dim=1)
+        return logit
+
+    def curvature(self, x: torch.Tensor) -> torch.Tensor:
+        """The diagonal of the log-likelihood's Hessian at x: (size,)."""
+        p = torch.sigmoid(self.logit(x))
+        s = p * (1 - p)  # (n,)
+        curvature = torch.zeros(self.size, dtype=torch.float64)
+        curvature.index_add_(0, self.columns.reshape(-1), (s[:, None] * self.weights ** 2).reshape(-1))
+        if self.appeal_at > self.tabled_size:
+            curvature[self.tabled_size:self.appeal_at] = torch.einsum(
+                "n,nm,nc,nmf->mcf", s, self.alpha ** 2, self.context ** 2, self.features ** 2).reshape(-1)
+        curvature[self.appeal_at:] = s @ self.appeal_in ** 2
+        return curvature
 
     def solve(self, precision: torch.Tensor, start: torch.Tensor, max_iter: int = 200) -> torch.Tensor:
         """argmin_x  sum_i BCE(logit_i(x), y_i) + 1/2 sum_j precision_j x_j^2, by L-BFGS in x / sqrt(curvature)."""
-        p = torch.sigmoid(self.logit(start))
-        curvature = precision.clone()
-        curvature.index_add_(0, self.columns.reshape(-1), ((p * (1 - p))[:, None] * self.weights ** 2).reshape(-1))
-        scale = curvature.rsqrt()  # x = scale * z: each coordinate's curvature about 1 at the start
+        scale = (precision + self.curvature(start)).rsqrt()  # x = scale * z: each coordinate's curvature about 1 at the start
         z = (start / scale).clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
                                       history_size=20, line_search_fn="strong_wolfe")
@@ -143,54 +223,64 @@ class _Problem:
         optimizer.step(closure)
         return (scale * z).detach()
 
-    def full_tables(self, model: GenCO, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Full-size tables from a solution: ids the training rows never touched sit at the prior's centre, 0."""
-        out = [torch.zeros(table.num_embeddings) for table, _ in _used_tables(model)]
+    def start(self, model: GenCO) -> torch.Tensor:
+        """x of the model's current wide part: the ids the rows touch, W and the appeal as they stand."""
+        wide = wide_of(model)
+        parts = [table[t].double() for table, t in zip((wide.element, wide.product, wide.combination, wide.pair), self.touched)]
+        feature = wide.feature.double().reshape(-1) if self.appeal_at > self.tabled_size else torch.zeros(0, dtype=torch.float64)
+        return torch.cat([*parts, feature, wide.appeal.double()])
+
+    def full(self, model: GenCO, x: torch.Tensor) -> Wide:
+        """The full-size wide part of a solution: ids the training rows never touched sit at the prior's centre, 0."""
+        tables = [torch.zeros(len(table)) for table, _ in _used_tables(model)]
         start = 0
-        for table, t in zip(out, self.touched):
+        for table, t in zip(tables, self.touched):
             table[t] = x[start:start + len(t)].float()
             start += len(t)
-        return tuple(out)
+        feature = (self.feature_weights(x).float() if self.appeal_at > self.tabled_size
+                   else torch.zeros(model.feature_effect.shape))
+        return Wide(*tables, feature, x[self.appeal_at:].float())
 
 
 @dataclass
 class RefitOutcome:
     kept: bool
-    precisions: dict[str, float]  # the chosen prior precision of each refitted table
+    precisions: dict[str, float]  # the chosen prior precision of each refitted block
     heldout_logloss_before: float
     heldout_logloss_after: float
 
 
 @torch.no_grad()
-def refit_id_tables(model: GenCO, data: EncodedRows, rows: np.ndarray, heldout: np.ndarray) -> RefitOutcome:
-    """Replace the model's id tables by their MAP given the rest of the network, in place (see the module doc).
-    rows: the member's training rows; heldout: its held-out rows (they choose the priors)."""
+def refit_wide(model: GenCO, data: EncodedRows, rows: np.ndarray, heldout: np.ndarray, *,
+               must_improve: bool = True) -> RefitOutcome:
+    """Replace the model's wide part by its MAP given the rest of the network, in place (see the module doc).
+    rows: the member's training rows; heldout: its held-out rows (they choose the priors). must_improve: keep the
+    refit only if it beats the current wide part on the held-out rows; without it (the wide start, whose current
+    wide part is nothing) the MAP is kept whatever a small held-out share says, since its priors shrink already."""
     if len(rows) == 0:
         return RefitOutcome(False, {}, float("nan"), float("nan"))
     train, judge = linear_view(model, data, rows), linear_view(model, data, heldout)
     problem = _Problem(train, model)
-    before = judge.logloss(*tables(model))
+    before = judge.logloss(wide_of(model))
     blocks = [b for b in PRECISIONS if (problem.block == b).any()]
-    if not blocks:
-        return RefitOutcome(False, {}, before, before)
     block_of = {b: torch.from_numpy(problem.block == b) for b in blocks}
 
     def fit(chosen: dict[str, float], start: torch.Tensor) -> tuple[float, torch.Tensor]:
-        precision = torch.zeros(problem.size, dtype=torch.float64)
+        precision = torch.full((problem.size,), FLAT, dtype=torch.float64)
         for b, value in chosen.items():
             precision[block_of[b]] = value
         with torch.enable_grad():
             x = problem.solve(precision, start)
-        return judge.logloss(*problem.full_tables(model, x)), x
+        return judge.logloss(problem.full(model, x)), x
 
-    chosen = {b: max(PRECISIONS[b]) for b in blocks}  # the strongest prior of each table first
-    loss, x = fit(chosen, torch.zeros(problem.size, dtype=torch.float64))
-    for b in blocks:  # then each table's precision in turn, warm-started from the best solution so far
-        for value in sorted(PRECISIONS[b], reverse=True)[1:]:
+    chosen = {b: PRECISIONS[b][0] for b in blocks}
+    loss, x = fit(chosen, problem.start(model))
+    for b in blocks:  # then each block's precision in turn, warm-started from the best solution so far
+        for value in PRECISIONS[b][1:]:
             trial_loss, trial = fit({**chosen, b: value}, x)
             if trial_loss < loss - 1e-7:
                 loss, x, chosen = trial_loss, trial, {**chosen, b: value}
-    if not loss < before:
+    if must_improve and not loss < before:
         return RefitOutcome(False, chosen, before, before)
-    _set_tables(model, *problem.full_tables(model, x))
+    _set_wide(model, problem.full(model, x))
     return RefitOutcome(True, chosen, before, loss)

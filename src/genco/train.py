@@ -40,11 +40,14 @@ from genco.errors import GencoInputError
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
 from genco.options import MAX_K, OptionError, bounded, check_options, seed_field
-from genco.refit import refit_id_tables
+from genco.refit import refit_wide
 
 if TYPE_CHECKING:
     from genco.ensemble import RewardEnsemble
     from genco.files import ReadReport
+
+
+WIDE_FITS = ("first", "after", "none")
 
 
 @dataclass
@@ -68,7 +71,8 @@ class TrainConfig:
     mil_weight: float = bounded(1.0, ge=0, le=1000)
     mil: bool = True
     rl: bool = True
-    id_refit: bool = True  # after stage 1, the id tables' exact MAP given the rest of the network (genco.refit)
+    wide_fit: str = "first"  # the wide part's exact MAP (genco.refit): "first" (before stage 1, and again after it
+    # given the network, if an epoch of the network is kept), "after" (after stage 1 only) or "none"
     reward_models: int = bounded(3, ge=1, le=32)  # an ensemble: the served argmax is their mean's (see genco.ensemble)
     rl_objective: str = "best-of-k"  # or "mean": the paper's E[R] with the mean of the K as baseline
     threads: int = bounded(0, ge=0, le=1024)  # torch threads; 0: torch's default
@@ -77,6 +81,8 @@ class TrainConfig:
         check_options(self)
         if self.rl_objective not in ("best-of-k", "mean"):
             raise OptionError("rl_objective", "'best-of-k' or 'mean'", self.rl_objective)
+        if self.wide_fit not in WIDE_FITS:
+            raise OptionError("wide_fit", " or ".join(repr(w) for w in WIDE_FITS), self.wide_fit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,9 +274,15 @@ SPARSE_TABLES = ("element_effect.weight", "id_vector.weight", "combination_effec
                  "ad_appeal.weight")
 
 
+#: The wide part's parameters (genco.refit fits them exactly); when it is fitted first no stochastic step moves them.
+WIDE_PARAMETERS = ("element_effect.weight", "combination_effect.weight", "ad_appeal.weight", "appeal.weight", "appeal.bias")
+
+
 def _optimizer(model: GenCO, config: TrainConfig) -> torch.optim.Optimizer:
     """The reward model's optimizer: everything but the generator's own parameters (stage 2 trains those)."""
     named = [(n, p) for n, p in model.named_parameters() if not n.startswith(GENERATOR_PARAMETERS)]
+    if config.wide_fit == "first":
+        named = [(n, p) for n, p in named if n not in WIDE_PARAMETERS]
     return torch.optim.AdamW(
         [{"params": [p for n, p in named if n in SPARSE_TABLES], "weight_decay": config.embedding_decay,
           "lr": config.lr * config.id_lr_scale},
@@ -340,6 +352,22 @@ class _Epochs:
         return best_state, best_epoch
 
 
+def fit_wide_start(model: GenCO, loop: _Epochs, rows: np.ndarray, heldout: np.ndarray, member: int) -> tuple[float, dict]:
+    """Before stage 1: the network silenced and the wide part fitted exactly on its own (genco.refit), so that
+    stage 1 trains the network on what the wide part cannot say. Returns the held-out log loss an epoch of
+    stage 1 must beat to be kept, and the state to keep if none does (recorded as the member's epoch 0)."""
+    model.silence_network()
+    outcome = refit_wide(model, loop.data, rows, heldout, must_improve=False)
+    heldout_auc, heldout_logloss = heldout_figures(model, loop.data, heldout)
+    loop.history.append(EpochRecord(epoch=0, stage="reward", member=member, train_loss=0.0, train_comb=0.0, train_elem=0.0,
+                                    train_rl=0.0, heldout_auc=heldout_auc, heldout_logloss=heldout_logloss,
+                                    heldout_generator_reward=None, seconds=0.0, lr=0.0))
+    priors = ", ".join(f"{block} {value:g}" for block, value in outcome.precisions.items())
+    console.note(f"reward {member + 1}: wide part fitted alone (prior precisions: {priors}), {loop.judged} AUC "
+                 f"{heldout_auc:.4f}  log loss {heldout_logloss:.5f}")
+    return heldout_logloss, copy.deepcopy(model.state_dict())
+
+
 def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple[GenCO, int]:
     """Stage 1 for one reward model (L_comb + L_elem) on its own split: the model with its kept weights, and the kept epoch.
 
@@ -355,6 +383,9 @@ def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple
         model.appeal.bias.fill_(float(np.log(rate / (1 - rate))))  # start at the logs' click rate
     rows, heldout = split(len(loop.data), config.holdout, seed)
     model.count_ids(loop.data, rows)
+    wide_score, wide_state = float("inf"), None
+    if config.wide_fit == "first":
+        wide_score, wide_state = fit_wide_start(model, loop, rows, heldout, member)
     optimizer = _optimizer(model, config)
     live = list(model.parameters())
     average = [p.detach().clone() for p in live]
@@ -394,17 +425,19 @@ def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple
         return {k: v.detach() for k, v in terms.items()}
 
     best_state, best_epoch = loop.run(model, "reward", member, rows, heldout, step, optimizer, config.epochs, seed,
-                                      judge=averaged)
+                                      best_score=wide_score, judge=averaged)
+    if best_state is None:  # no epoch beat the wide part alone: the network stays silent
+        best_state = wide_state
     if best_state is None:  # every epoch's held-out log loss was NaN: the weights diverged
         raise GencoInputError(f"reward model {member + 1}: training diverged (held-out log loss NaN in every epoch); "
                               f"lower --lr (now {config.lr:g})")
     model.load_state_dict(best_state)
-    if config.id_refit:
-        outcome = refit_id_tables(model, loop.data, rows, heldout)
+    if config.wide_fit != "none" and best_epoch > 0:  # (epoch 0 is the wide part alone, fitted exactly already)
+        outcome = refit_wide(model, loop.data, rows, heldout)
         if outcome.kept:
-            priors = ", ".join(f"{table} {value:g}" for table, value in outcome.precisions.items())
-            console.note(f"reward {member + 1}: id tables refitted (prior precisions: {priors}), {loop.judged} log loss "
-                         f"{outcome.heldout_logloss_before:.5f} -> {outcome.heldout_logloss_after:.5f}")
+            priors = ", ".join(f"{block} {value:g}" for block, value in outcome.precisions.items())
+            console.note(f"reward {member + 1}: wide part refitted given the network (prior precisions: {priors}), "
+                         f"{loop.judged} log loss {outcome.heldout_logloss_before:.5f} -> {outcome.heldout_logloss_after:.5f}")
     return model, best_epoch
 
 
