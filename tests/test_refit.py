@@ -82,7 +82,7 @@ def test_the_start_is_the_model_as_it_stands(logs):
     model = _model(logs)
     view = linear_view(model, logs, np.arange(len(logs)))
     problem = _Problem(view, model)
-    full = problem.full(model, problem.start(model))
+    full = problem.full(model, problem.start(wide_of(model)))
     wide = wide_of(model)
     assert torch.allclose(view.wide_logit(full), view.wide_logit(wide), atol=1e-5)
 
@@ -122,3 +122,18 @@ def test_refit_sets_the_feature_and_pair_effects(logs):
     assert outcome.kept
     assert {"features", "user x features", "pairs"} <= set(outcome.precisions)
     assert model.feature_effect.abs().max() > 0 and model.pair_effect.abs().max() > 0
+
+
+def test_priors_chosen_on_a_sample_are_then_solved_on_every_training_row(logs):
+    """With more training rows than select_rows the grid runs on a sample, but what is kept is the MAP of the
+    chosen priors on all the rows: the full objective's gradient is zero there."""
+    model = _model(logs)
+    rows, heldout = split(len(logs), 0.2, 0)
+    outcome = refit_wide(model, logs, rows, heldout, must_improve=False, select_rows=500)
+    problem = _Problem(linear_view(model, logs, rows), model)
+    x = problem.start(wide_of(model)).requires_grad_(True)
+    precision = problem.precision(outcome.precisions)
+    loss = F.binary_cross_entropy_with_logits(problem.logit(x), problem.click, reduction="sum") + 0.5 * (precision * x * x).sum()
+    (gradient,) = torch.autograd.grad(loss, x)
+    assert gradient.abs().max() < 1e-2  # (the model's tables are float32: the MAP to float precision)
+    assert linear_view(model, logs, heldout).logloss(wide_of(model)) == pytest.approx(outcome.heldout_logloss_after, abs=1e-5)

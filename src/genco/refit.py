@@ -47,6 +47,8 @@ PRECISIONS = {"features": (10.0, 1.0, 100.0, 1000.0), "user x features": (1000.0
               "context": (10.0, 1.0, 100.0), "products": (10.0, 1.0, 3.0, 30.0, 100.0),
               "elements": (10.0, 3.0, 30.0, 100.0), "pairs": (1000.0, 300.0, 3000.0),
               "combinations": (100.0, 10.0, 30.0, 1000.0)}
+#: Training rows the priors are chosen on (each choice is a solve); the chosen priors are then solved on every row.
+SELECT_ROWS = 20_000
 #: The appeal's bias has no prior to speak of: it is the overall click rate.
 FLAT = 1e-6
 
@@ -87,6 +89,9 @@ class LinearView:
                 + wide.product[self.product] + self.trust * wide.combination[self.combination]
                 + (wide.pair[self.pair] * self.pair_present).sum(dim=1)
                 + self.appeal_in @ wide.appeal.to(self.appeal_in.dtype))
+
+    def take(self, index: np.ndarray) -> "LinearView":
+        return LinearView(**{f.name: getattr(self, f.name)[torch.from_numpy(index)] for f in fields(LinearView)})
 
     def logloss(self, wide: Wide) -> float:
         return float(F.binary_cross_entropy_with_logits(self.offset + self.wide_logit(wide), self.click))
@@ -183,6 +188,13 @@ class _Problem:
         self.appeal_in = view.appeal_in.double()  # (n, 1 + U + A)
         self.offset, self.click = view.offset.double(), view.click.double()
 
+    def precision(self, chosen: dict[str, float]) -> torch.Tensor:
+        """The prior precision of every coordinate (size,): each block's chosen value, FLAT elsewhere."""
+        precision = torch.full((self.size,), FLAT, dtype=torch.float64)
+        for block, value in chosen.items():
+            precision[torch.from_numpy(self.block == block)] = value
+        return precision
+
     def feature_weights(self, x: torch.Tensor) -> torch.Tensor:
         """W (M, 1 + U, F) of a solution x."""
         return x[self.tabled_size:self.appeal_at].view(self.feature_shape)
@@ -210,7 +222,7 @@ class _Problem:
         """argmin_x  sum_i BCE(logit_i(x), y_i) + 1/2 sum_j precision_j x_j^2, by L-BFGS in x / sqrt(curvature)."""
         scale = (precision + self.curvature(start)).rsqrt()  # x = scale * z: each coordinate's curvature about 1 at the start
         z = (start / scale).clone().requires_grad_(True)
-        optimizer = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
+        optimizer = torch.optim.LBFGS([z], lr=1.0, max_iter=max_iter, tolerance_grad=1e-5, tolerance_change=1e-9,
                                       history_size=20, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
@@ -223,9 +235,8 @@ class _Problem:
         optimizer.step(closure)
         return (scale * z).detach()
 
-    def start(self, model: GenCO) -> torch.Tensor:
-        """x of the model's current wide part: the ids the rows touch, W and the appeal as they stand."""
-        wide = wide_of(model)
+    def start(self, wide: Wide) -> torch.Tensor:
+        """x of a wide part: the ids the rows touch, W and the appeal as they stand."""
         parts = [table[t].double() for table, t in zip((wide.element, wide.product, wide.combination, wide.pair), self.touched)]
         feature = wide.feature.double().reshape(-1) if self.appeal_at > self.tabled_size else torch.zeros(0, dtype=torch.float64)
         return torch.cat([*parts, feature, wide.appeal.double()])
@@ -252,34 +263,36 @@ class RefitOutcome:
 
 @torch.no_grad()
 def refit_wide(model: GenCO, data: EncodedRows, rows: np.ndarray, heldout: np.ndarray, *,
-               must_improve: bool = True) -> RefitOutcome:
+               must_improve: bool = True, select_rows: int = SELECT_ROWS) -> RefitOutcome:
     """Replace the model's wide part by its MAP given the rest of the network, in place (see the module doc).
     rows: the member's training rows; heldout: its held-out rows (they choose the priors). must_improve: keep the
     refit only if it beats the current wide part on the held-out rows; without it (the wide start, whose current
-    wide part is nothing) the MAP is kept whatever a small held-out share says, since its priors shrink already."""
+    wide part is nothing) the MAP is kept whatever a small held-out share says, since its priors shrink already.
+    The priors are chosen on at most `select_rows` of the training rows, then the MAP solved once on them all."""
     if len(rows) == 0:
         return RefitOutcome(False, {}, float("nan"), float("nan"))
     train, judge = linear_view(model, data, rows), linear_view(model, data, heldout)
-    problem = _Problem(train, model)
     before = judge.logloss(wide_of(model))
-    blocks = [b for b in PRECISIONS if (problem.block == b).any()]
-    block_of = {b: torch.from_numpy(problem.block == b) for b in blocks}
+    sample = np.sort(np.random.default_rng(len(rows)).choice(len(rows), select_rows, replace=False)) if len(rows) > select_rows else None
+    selection = _Problem(train.take(sample) if sample is not None else train, model)
+    blocks = [b for b in PRECISIONS if (selection.block == b).any()]
 
-    def fit(chosen: dict[str, float], start: torch.Tensor) -> tuple[float, torch.Tensor]:
-        precision = torch.full((problem.size,), FLAT, dtype=torch.float64)
-        for b, value in chosen.items():
-            precision[block_of[b]] = value
+    def fit(problem: _Problem, chosen: dict[str, float], start: torch.Tensor) -> tuple[float, torch.Tensor]:
         with torch.enable_grad():
-            x = problem.solve(precision, start)
+            x = problem.solve(problem.precision(chosen), start)
         return judge.logloss(problem.full(model, x)), x
 
     chosen = {b: PRECISIONS[b][0] for b in blocks}
-    loss, x = fit(chosen, problem.start(model))
+    loss, x = fit(selection, chosen, selection.start(wide_of(model)))
     for b in blocks:  # then each block's precision in turn, warm-started from the best solution so far
         for value in PRECISIONS[b][1:]:
-            trial_loss, trial = fit({**chosen, b: value}, x)
+            trial_loss, trial = fit(selection, {**chosen, b: value}, x)
             if trial_loss < loss - 1e-7:
                 loss, x, chosen = trial_loss, trial, {**chosen, b: value}
+    problem = selection
+    if sample is not None:  # the chosen priors on every training row, from the sample's solution
+        problem = _Problem(train, model)
+        loss, x = fit(problem, chosen, problem.start(selection.full(model, x)))
     if must_improve and not loss < before:
         return RefitOutcome(False, chosen, before, before)
     _set_wide(model, problem.full(model, x))
