@@ -283,7 +283,7 @@ class GenCO(nn.Module):
         # elements and shrunk the same way: a combination seen a few times stays at what its elements say.
         self.combination_effect = nn.Embedding(schema.combination_buckets, 1)
         self.register_buffer("combination_counts", torch.zeros(schema.combination_buckets))
-        # A wide term per element, [1, user] . W_m . features: set by the exact refit after stage 1 (genco.refit),
+        # A wide term per element, [1, user] . W_m . features: set by the exact wide fit (genco.refit),
         # never by stochastic steps, so it is a buffer (zero until then). Padded to the widest feature vector.
         widest = max([schema.feature_dims[m] for m in schema.components], default=0)
         self.register_buffer("feature_effect", torch.zeros(M, 1 + U, widest))
