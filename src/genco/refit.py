@@ -260,6 +260,9 @@ class RefitOutcome:
     heldout_logloss_before: float
     heldout_logloss_after: float
 
+    def described_priors(self) -> str:
+        return ", ".join(f"{block} {value:g}" for block, value in self.precisions.items())
+
 
 @torch.no_grad()
 def refit_wide(model: GenCO, data: EncodedRows, rows: np.ndarray, heldout: np.ndarray, *,
@@ -272,7 +275,8 @@ def refit_wide(model: GenCO, data: EncodedRows, rows: np.ndarray, heldout: np.nd
     if len(rows) == 0:
         return RefitOutcome(False, {}, float("nan"), float("nan"))
     train, judge = linear_view(model, data, rows), linear_view(model, data, heldout)
-    before = judge.logloss(wide_of(model))
+    current = wide_of(model)
+    before = judge.logloss(current)
     sample = np.sort(np.random.default_rng(len(rows)).choice(len(rows), select_rows, replace=False)) if len(rows) > select_rows else None
     selection = _Problem(train.take(sample) if sample is not None else train, model)
     blocks = [b for b in PRECISIONS if (selection.block == b).any()]
@@ -283,7 +287,7 @@ def refit_wide(model: GenCO, data: EncodedRows, rows: np.ndarray, heldout: np.nd
         return judge.logloss(problem.full(model, x)), x
 
     chosen = {b: PRECISIONS[b][0] for b in blocks}
-    loss, x = fit(selection, chosen, selection.start(wide_of(model)))
+    loss, x = fit(selection, chosen, selection.start(current))
     for b in blocks:  # then each block's precision in turn, warm-started from the best solution so far
         for value in PRECISIONS[b][1:]:
             trial_loss, trial = fit(selection, {**chosen, b: value}, x)

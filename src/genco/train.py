@@ -362,8 +362,7 @@ def fit_wide_start(model: GenCO, loop: _Epochs, rows: np.ndarray, heldout: np.nd
     loop.history.append(EpochRecord(epoch=0, stage="reward", member=member, train_loss=0.0, train_comb=0.0, train_elem=0.0,
                                     train_rl=0.0, heldout_auc=heldout_auc, heldout_logloss=heldout_logloss,
                                     heldout_generator_reward=None, seconds=0.0, lr=0.0))
-    priors = ", ".join(f"{block} {value:g}" for block, value in outcome.precisions.items())
-    console.note(f"reward {member + 1}: wide part fitted alone (prior precisions: {priors}), {loop.judged} AUC "
+    console.note(f"reward {member + 1}: wide part fitted alone (prior precisions: {outcome.described_priors()}), {loop.judged} AUC "
                  f"{heldout_auc:.4f}  log loss {heldout_logloss:.5f}")
     return heldout_logloss, copy.deepcopy(model.state_dict())
 
@@ -435,8 +434,7 @@ def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple
     if config.wide_fit != "none" and best_epoch > 0:  # (epoch 0 is the wide part alone, fitted exactly already)
         outcome = refit_wide(model, loop.data, rows, heldout)
         if outcome.kept:
-            priors = ", ".join(f"{block} {value:g}" for block, value in outcome.precisions.items())
-            console.note(f"reward {member + 1}: wide part refitted given the network (prior precisions: {priors}), "
+            console.note(f"reward {member + 1}: wide part refitted given the network (prior precisions: {outcome.described_priors()}), "
                          f"{loop.judged} log loss {outcome.heldout_logloss_before:.5f} -> {outcome.heldout_logloss_after:.5f}")
     return model, best_epoch
 
