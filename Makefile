@@ -30,6 +30,7 @@ bench-quick: install
 	$(BIN)/python benchmarks/component_regret.py --quick
 	$(BIN)/python benchmarks/ope_validation.py --quick
 	$(BIN)/python benchmarks/element_report.py --quick --out reports/element-report-quick
+	$(BIN)/python benchmarks/table_form.py --quick
 	if command -v hey >/dev/null; then $(BIN)/python benchmarks/http_load.py --quick; else echo 'hey is not installed: benchmarks/http_load.py skipped'; fi
 	$(BIN)/genco bench --quick --quiet --out reports/bench-quick
 
@@ -41,6 +42,7 @@ bench: install
 	$(BIN)/python benchmarks/http_load.py
 	$(BIN)/python benchmarks/ope_validation.py
 	$(BIN)/python benchmarks/element_report.py
+	$(BIN)/python benchmarks/table_form.py
 	$(BIN)/genco bench --out reports/bench
 
 clean:

@@ -6,9 +6,9 @@
     python benchmarks/variants.py --quick      # 4,000 impressions, one seed, two epochs: for CI
 
 A variant is a policy name (`genco bench --list`) and optional settings, `name:field=value,...`, where a field
-is one of ModelConfig, TrainConfig or SelectConfig (genco.policies.make_genco) and a value is a number, true or
-false. One world's reading moves by 0.1 and more between seeds at 50,000 impressions: compare means over
-several seeds, and the paired per-seed figures this prints.
+is one of ModelConfig, TrainConfig or SelectConfig (genco.policies.make_genco) and a value is a number, true,
+false or a word (`genco:wide_priors=evidence`). One world's reading moves by 0.1 and more between seeds at
+50,000 impressions: compare means over several seeds, and the paired per-seed figures this prints.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ from genco import bench, console
 from genco.world import FEATURES, FORMS, WorldConfig
 
 
+def _number_or_text(text: str) -> int | float | str:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'genco-one-reward-model:weight_decay=3,attention=false' -> (name, {setting: value})."""
     name, _, settings = spec.partition(":")
@@ -28,8 +39,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     for pair in filter(None, settings.split(",")):
         key, _, text = pair.partition("=")
         lowered = text.strip().lower()
-        options[key.strip()] = (lowered == "true") if lowered in ("true", "false") else (
-            int(text) if text.lstrip("-").isdigit() else float(text))
+        options[key.strip()] = (lowered == "true") if lowered in ("true", "false") else _number_or_text(text.strip())
     return name, options
 
 

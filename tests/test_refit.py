@@ -137,3 +137,30 @@ def test_priors_chosen_on_a_sample_are_then_solved_on_every_training_row(logs):
     (gradient,) = torch.autograd.grad(loss, x)
     assert gradient.abs().max() < 1e-2  # (the model's tables are float32: the MAP to float precision)
     assert linear_view(model, logs, heldout).logloss(wide_of(model)) == pytest.approx(outcome.heldout_logloss_after, abs=1e-5)
+
+
+def _evidence_precisions(split_of_variance: tuple[float, float, float]) -> dict[str, float]:
+    """The wide part's precisions chosen by the evidence on a table world (one creative, 40 combinations,
+    its creative logit's variance split between main effects, pairs and higher orders as given)."""
+    world = WorldConfig(seed=3, ads=1, impressions=20_000, requests=0, interaction_form="table", features="none",
+                        table_sizes=(2, 4, 5), table_scale=1.0, variance_split=split_of_variance)
+    _, data, _ = simulate_in_memory(world)
+    model = GenCO(data.schema, ModelConfig(dim=8, heads=2, hidden=8, feature_effects=False))
+    model.count_ids(data, np.arange(len(data)))
+    model.silence_network()
+    outcome = refit_wide(model, data, *split(len(data), 0.1, 0), priors="evidence", must_improve=False)
+    assert outcome.kept
+    return outcome.precisions
+
+
+@pytest.mark.parametrize("order, split_of_variance", [("elements", (1.0, 0.0, 0.0)), ("pairs", (0.0, 1.0, 0.0)),
+                                                       ("combinations", (0.0, 0.0, 1.0))])
+def test_the_evidence_finds_the_order_that_holds_the_variance(order, split_of_variance):
+    """A creative whose clicks vary only by main effects, only by pairs or only by higher orders: the evidence
+    gives the order that holds the variance the weakest prior (its precision is 1 / the variance it believes
+    that order has), the others at least five times stronger."""
+    precisions = _evidence_precisions(split_of_variance)
+    assert precisions[order] < 10  # the true sd of that order's effects is about 0.5 here
+    for other in ("elements", "pairs", "combinations"):
+        if other != order:
+            assert precisions[other] > 5 * precisions[order]

@@ -52,6 +52,11 @@ class WideFitChoice(str, Enum):
     none = "none"
 
 
+class WidePriorsChoice(str, Enum):
+    heldout = "heldout"
+    evidence = "evidence"
+
+
 class FeaturesChoice(str, Enum):
     full = "full"
     partial = "partial"
@@ -218,6 +223,7 @@ def train(
     no_feature_effects: Annotated[bool, typer.Option("--no-feature-effects", help="No exactly fitted linear term in each element's features and user x features in the wide part.")] = False,
     no_pair_effects: Annotated[bool, typer.Option("--no-pair-effects", help="No exactly fitted effect per pair of element ids in the wide part.")] = False,
     wide_fit: Annotated[WideFitChoice, typer.Option(help="When the wide part (product appeal, element ids, features, pairs, combinations: a logistic regression) is fitted exactly, a MAP with priors chosen on held-out rows: first (before the network, which then learns what it cannot say, and is kept only where that helps on held-out rows), after (the network and the wide part trained together by stochastic steps, then the wide part refitted given the network) or none (stochastic steps only).")] = WideFitChoice.first,
+    wide_priors: Annotated[WidePriorsChoice, typer.Option(help="How the wide fit chooses each block's prior precision (how far element, pair and combination effects are shrunk): heldout (a grid, by the held-out log loss) or evidence (the precisions under which the training rows are most likely, lower orders first: no held-out noise, each member the same answer).")] = WidePriorsChoice.heldout,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
     k: Annotated[int, typer.Option("--k", help=f"Combinations sampled per context for the policy gradient (2 to {MAX_K}); each is credited with what it adds to the best of the K.")] = 16,
@@ -246,7 +252,8 @@ def train(
                                pair_effects=not no_pair_effects)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
-                               reward_models=reward_models, rl_objective=rl_objective.value, wide_fit=wide_fit.value)
+                               reward_models=reward_models, rl_objective=rl_objective.value, wide_fit=wide_fit.value,
+                               wide_priors=wide_priors.value)
     limits = Limits(max_candidates=max_candidates)
     check_model_folder(out)  # before hours of training, not after
     data, report = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)

@@ -24,9 +24,13 @@ Training uses it twice (genco.train): before stage 1, on a network whose output 
 learns what the wide part cannot say (and is kept only where that helps on held-out rows); and after it,
 given the trained network.
 
-The precisions are chosen by the member's own held-out log loss, one block at a time over a small grid
-(starting from a moderate prior of each), and a refit after stage 1 is kept only when it beats the parameters
-it replaces there.
+The precisions are chosen one of two ways (TrainConfig.wide_priors). By the member's own held-out log loss,
+one block at a time over a small grid (starting from a moderate prior of each): simple, but a tenth of a small
+log says little, so the members of an ensemble choose differently and a grid step is a factor of three. Or by
+the evidence (type-II maximum likelihood, choose_by_evidence): the precisions under which the training rows
+are most likely, each order sized by what the lower orders leave unexplained; on a table of combinations it
+recovers the split of the variance between main effects, pairs and higher orders. Either way a refit after
+stage 1 is kept only when it beats the parameters it replaces on the held-out rows.
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ PRECISIONS = {"features": (10.0, 1.0, 100.0, 1000.0), "user x features": (1000.0
 SELECT_ROWS = 20_000
 #: The appeal's bias has no prior to speak of: it is the overall click rate.
 FLAT = 1e-6
+#: How the precisions are chosen (refit_wide's `priors`).
+PRIORS = ("heldout", "evidence")
+#: Fixed-point rounds per block of choose_by_evidence, the range its precisions are kept in, and the precision
+#: that holds a block not yet switched on at zero.
+EVIDENCE_ROUNDS = 4
+EVIDENCE_RANGE = (1e-2, 1e6)
+OFF = 1e8
 
 
 @dataclass
@@ -253,6 +264,50 @@ class _Problem:
         return Wide(*tables, feature, x[self.appeal_at:].float())
 
 
+def choose_by_evidence(problem: _Problem, blocks: list[str], start: torch.Tensor, first: dict[str, float],
+                       rounds: int = EVIDENCE_ROUNDS) -> tuple[dict[str, float], torch.Tensor]:
+    """Each block's precision as the one that maximises the evidence (type-II maximum likelihood, MacKay's
+    fixed point  lambda_b <- gamma_b / |x_b|^2,  gamma_b = sum_j h_j / (h_j + lambda_b)  the block's number
+    of well-determined coordinates, h the diagonal of the likelihood's Hessian at the MAP), blocks in
+    PRECISIONS order, lower orders first: each block is switched on with the blocks after it held at zero,
+    so that it is sized by what the blocks before it leave unexplained. Jointly the fixed point would let the
+    richest block (whole combinations, which can fit every row's mean on their own) swallow the others, a
+    weakness of the diagonal approximation. Returns the chosen precisions and the MAP under them."""
+    chosen, x = dict(first), start
+    for at, block in enumerate(blocks):
+        held_at_zero = {later: OFF for later in blocks[at + 1:]}
+        mask = torch.from_numpy(problem.block == block)
+        for _ in range(rounds):
+            with torch.enable_grad():
+                x = problem.solve(problem.precision({**chosen, **held_at_zero}), x)
+            curvature = problem.curvature(x)[mask]
+            determined = float((curvature / (curvature + chosen[block])).sum())
+            chosen[block] = float(np.clip(determined / max(float((x[mask] ** 2).sum()), 1e-12), *EVIDENCE_RANGE))
+    with torch.enable_grad():
+        x = problem.solve(problem.precision(chosen), x)
+    return chosen, x
+
+
+def choose_by_heldout(problem: _Problem, blocks: list[str], start: torch.Tensor, first: dict[str, float],
+                      heldout_logloss) -> tuple[dict[str, float], torch.Tensor]:
+    """Each block's precision from its grid in PRECISIONS by the held-out log loss, one block at a time,
+    each trial warm-started from the best solution so far."""
+
+    def fit(chosen: dict[str, float], start: torch.Tensor) -> tuple[float, torch.Tensor]:
+        with torch.enable_grad():
+            x = problem.solve(problem.precision(chosen), start)
+        return heldout_logloss(x), x
+
+    chosen = dict(first)
+    loss, x = fit(chosen, start)
+    for b in blocks:
+        for value in PRECISIONS[b][1:]:
+            trial_loss, trial = fit({**chosen, b: value}, x)
+            if trial_loss < loss - 1e-7:
+                loss, x, chosen = trial_loss, trial, {**chosen, b: value}
+    return chosen, x
+
+
 @dataclass
 class RefitOutcome:
     kept: bool
@@ -261,42 +316,43 @@ class RefitOutcome:
     heldout_logloss_after: float
 
     def described_priors(self) -> str:
-        return ", ".join(f"{block} {value:g}" for block, value in self.precisions.items())
+        return ", ".join(f"{block} {value:.4g}" for block, value in self.precisions.items())
 
 
 @torch.no_grad()
-def refit_wide(model: GenCO, data: EncodedRows, rows: np.ndarray, heldout: np.ndarray, *,
+def refit_wide(model: GenCO, data: EncodedRows, rows: np.ndarray, heldout: np.ndarray, *, priors: str = "heldout",
                must_improve: bool = True, select_rows: int = SELECT_ROWS) -> RefitOutcome:
     """Replace the model's wide part by its MAP given the rest of the network, in place (see the module doc).
-    rows: the member's training rows; heldout: its held-out rows (they choose the priors). must_improve: keep the
-    refit only if it beats the current wide part on the held-out rows; without it (the wide start, whose current
-    wide part is nothing) the MAP is kept whatever a small held-out share says, since its priors shrink already.
-    The priors are chosen on at most `select_rows` of the training rows, then the MAP solved once on them all."""
+    rows: the member's training rows; heldout: its held-out rows. priors: how the prior precisions are chosen,
+    "heldout" (a grid, by the held-out log loss) or "evidence" (type-II maximum likelihood on the training
+    rows, choose_by_evidence). must_improve: keep the refit only if it beats the current wide part on the
+    held-out rows; without it (the wide start, whose current wide part is nothing) the MAP is kept whatever a
+    small held-out share says, since its priors shrink already. Held-out priors are chosen on at most
+    `select_rows` of the training rows, then the MAP solved once on them all; the evidence is taken on them all."""
+    if priors not in PRIORS:
+        raise ValueError(f"priors must be one of {PRIORS}, not {priors!r}")
     if len(rows) == 0:
         return RefitOutcome(False, {}, float("nan"), float("nan"))
     train, judge = linear_view(model, data, rows), linear_view(model, data, heldout)
     current = wide_of(model)
     before = judge.logloss(current)
-    sample = np.sort(np.random.default_rng(len(rows)).choice(len(rows), select_rows, replace=False)) if len(rows) > select_rows else None
+    sample = None  # the evidence of a sample is a poor guide to the variance of effects with few clicks each
+    if priors == "heldout" and len(rows) > select_rows:
+        sample = np.sort(np.random.default_rng(len(rows)).choice(len(rows), select_rows, replace=False))
     selection = _Problem(train.take(sample) if sample is not None else train, model)
     blocks = [b for b in PRECISIONS if (selection.block == b).any()]
-
-    def fit(problem: _Problem, chosen: dict[str, float], start: torch.Tensor) -> tuple[float, torch.Tensor]:
-        with torch.enable_grad():
-            x = problem.solve(problem.precision(chosen), start)
-        return judge.logloss(problem.full(model, x)), x
-
-    chosen = {b: PRECISIONS[b][0] for b in blocks}
-    loss, x = fit(selection, chosen, selection.start(current))
-    for b in blocks:  # then each block's precision in turn, warm-started from the best solution so far
-        for value in PRECISIONS[b][1:]:
-            trial_loss, trial = fit(selection, {**chosen, b: value}, x)
-            if trial_loss < loss - 1e-7:
-                loss, x, chosen = trial_loss, trial, {**chosen, b: value}
+    first = {b: PRECISIONS[b][0] for b in blocks}
+    if priors == "evidence":
+        chosen, x = choose_by_evidence(selection, blocks, selection.start(current), first)
+    else:
+        chosen, x = choose_by_heldout(selection, blocks, selection.start(current), first,
+                                      lambda x: judge.logloss(selection.full(model, x)))
     problem = selection
     if sample is not None:  # the chosen priors on every training row, from the sample's solution
         problem = _Problem(train, model)
-        loss, x = fit(problem, chosen, problem.start(selection.full(model, x)))
+        with torch.enable_grad():
+            x = problem.solve(problem.precision(chosen), problem.start(selection.full(model, x)))
+    loss = judge.logloss(problem.full(model, x))
     if must_improve and not loss < before:
         return RefitOutcome(False, chosen, before, before)
     _set_wide(model, problem.full(model, x))

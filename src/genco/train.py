@@ -40,7 +40,7 @@ from genco.errors import GencoInputError
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
 from genco.options import MAX_K, OptionError, bounded, check_options, seed_field
-from genco.refit import refit_wide
+from genco.refit import PRIORS, refit_wide
 
 if TYPE_CHECKING:
     from genco.ensemble import RewardEnsemble
@@ -73,6 +73,8 @@ class TrainConfig:
     rl: bool = True
     wide_fit: str = "first"  # the wide part's exact MAP (genco.refit): "first" (before stage 1, and again after it
     # given the network, if an epoch of the network is kept), "after" (after stage 1 only) or "none"
+    wide_priors: str = "heldout"  # how the wide fit chooses its prior precisions: "heldout" (a grid, by held-out log
+    # loss) or "evidence" (type-II maximum likelihood on the training rows); genco.refit
     reward_models: int = bounded(3, ge=1, le=32)  # an ensemble: the served argmax is their mean's (see genco.ensemble)
     rl_objective: str = "best-of-k"  # or "mean": the paper's E[R] with the mean of the K as baseline
     threads: int = bounded(0, ge=0, le=1024)  # torch threads; 0: torch's default
@@ -83,6 +85,8 @@ class TrainConfig:
             raise OptionError("rl_objective", "'best-of-k' or 'mean'", self.rl_objective)
         if self.wide_fit not in WIDE_FITS:
             raise OptionError("wide_fit", " or ".join(repr(w) for w in WIDE_FITS), self.wide_fit)
+        if self.wide_priors not in PRIORS:
+            raise OptionError("wide_priors", " or ".join(repr(p) for p in PRIORS), self.wide_priors)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -357,7 +361,7 @@ def fit_wide_start(model: GenCO, loop: _Epochs, rows: np.ndarray, heldout: np.nd
     stage 1 trains the network on what the wide part cannot say. Returns the held-out log loss an epoch of
     stage 1 must beat to be kept, and the state to keep if none does (recorded as the member's epoch 0)."""
     model.silence_network()
-    outcome = refit_wide(model, loop.data, rows, heldout, must_improve=False)
+    outcome = refit_wide(model, loop.data, rows, heldout, priors=loop.config.wide_priors, must_improve=False)
     heldout_auc, heldout_logloss = heldout_figures(model, loop.data, heldout)
     loop.history.append(EpochRecord(epoch=0, stage="reward", member=member, train_loss=0.0, train_comb=0.0, train_elem=0.0,
                                     train_rl=0.0, heldout_auc=heldout_auc, heldout_logloss=heldout_logloss,
@@ -432,7 +436,7 @@ def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple
                               f"lower --lr (now {config.lr:g})")
     model.load_state_dict(best_state)
     if config.wide_fit != "none" and best_epoch > 0:  # (epoch 0 is the wide part alone, fitted exactly already)
-        outcome = refit_wide(model, loop.data, rows, heldout)
+        outcome = refit_wide(model, loop.data, rows, heldout, priors=config.wide_priors)
         if outcome.kept:
             console.note(f"reward {member + 1}: wide part refitted given the network (prior precisions: {outcome.described_priors()}), "
                          f"{loop.judged} log loss {outcome.heldout_logloss_before:.5f} -> {outcome.heldout_logloss_after:.5f}")
