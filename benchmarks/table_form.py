@@ -34,7 +34,7 @@ from genco.model import GenCO, ModelConfig
 from genco.policies import BENCH_SELECT, make_policy
 from genco.refit import refit_wide
 from genco.select import choose
-from genco.train import split
+from genco.train import split, start_at_click_rate
 from genco.world import WorldConfig, simulate_in_memory
 
 PRIORS = ("heldout", "evidence")
@@ -44,9 +44,7 @@ def wide_part_alone(logs, priors: str, seed: int) -> tuple[GenCO, dict[str, floa
     """GenCO's first stage on its own: the network silenced and the wide part fitted exactly."""
     torch.manual_seed(seed)
     model = GenCO(logs.schema, ModelConfig())
-    rate = float(np.clip(logs.click.mean(), 1e-4, 1 - 1e-4))
-    with torch.no_grad():
-        model.appeal.bias.fill_(math.log(rate / (1 - rate)))
+    start_at_click_rate(model, logs)
     rows, heldout = split(len(logs), 0.1, seed)
     if priors == "evidence":  # it needs no held-out rows: every row counts, as every row counts for combination-ts
         rows = np.arange(len(logs))

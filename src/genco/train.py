@@ -356,6 +356,13 @@ class _Epochs:
         return best_state, best_epoch
 
 
+def start_at_click_rate(model: GenCO, data: EncodedRows) -> None:
+    """A fresh reward model's appeal bias at the logs' click rate, so that its first logit is the base rate."""
+    rate = float(np.clip(data.click.mean(), 1e-4, 1 - 1e-4))
+    with torch.no_grad():
+        model.appeal.bias.fill_(float(np.log(rate / (1 - rate))))
+
+
 def fit_wide_start(model: GenCO, loop: _Epochs, rows: np.ndarray, heldout: np.ndarray, member: int) -> tuple[float, dict]:
     """Before stage 1: the network silenced and the wide part fitted exactly on its own (genco.refit), so that
     stage 1 trains the network on what the wide part cannot say. Returns the held-out log loss an epoch of
@@ -381,9 +388,7 @@ def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple
     config = loop.config
     torch.manual_seed(seed)
     model = make_model()
-    rate = float(np.clip(loop.data.click.mean(), 1e-4, 1 - 1e-4))
-    with torch.no_grad():
-        model.appeal.bias.fill_(float(np.log(rate / (1 - rate))))  # start at the logs' click rate
+    start_at_click_rate(model, loop.data)
     rows, heldout = split(len(loop.data), config.holdout, seed)
     model.count_ids(loop.data, rows)
     wide_score, wide_state = float("inf"), None
