@@ -9,9 +9,9 @@ pairs and higher orders. Everything a learner can know about a combination beyon
 through the lower orders, so the best it can do is shrink each combination's own click rate toward what its
 elements and pairs say, as far as the variance of the higher orders warrants. GenCO's wide part (genco.refit)
 is that model; its prior precisions are the shrinkage. Per log this fits the wide part alone (the network
-silenced, one reward model: what GenCO's first stage does) with the priors chosen by held-out log loss (on 90%
-of the rows, the rest judging the grid, as in training) and by the evidence (on every row, since it needs none
-held out), and counting whole combinations (combination-ts) on the same log, then prints each one's share
+silenced, one reward model) with the priors chosen by held-out log loss (fitted on 90% of the rows, the rest
+judging the grid, as in training) and by the evidence (on every row, since it needs none held out), each then
+solved on every row as training ends, and counting whole combinations (combination-ts) on the same log, then prints each one's share
 of the oracle's lift, the paired differences with their standard errors, and the split of the variance the
 evidence believes in next to the world's. One log's reading moves by 0.3 and more: the paired mean over many
 logs is the figure to read.
@@ -32,7 +32,7 @@ from genco.data import encode
 from genco.evaluate import Evaluator
 from genco.model import GenCO, ModelConfig
 from genco.policies import BENCH_SELECT, make_policy
-from genco.refit import refit_wide
+from genco.refit import choose_priors, solve_wide
 from genco.select import choose
 from genco.train import split, start_at_click_rate
 from genco.world import WorldConfig, simulate_in_memory
@@ -41,17 +41,20 @@ PRIORS = ("heldout", "evidence")
 
 
 def wide_part_alone(logs, priors: str, seed: int) -> tuple[GenCO, dict[str, float]]:
-    """GenCO's first stage on its own: the network silenced and the wide part fitted exactly."""
+    """GenCO's wide part on its own, as genco.train fits it when the network is not kept: the priors chosen
+    (on a held-out split, or by the evidence on every row, which needs none), then the MAP on every row."""
     torch.manual_seed(seed)
     model = GenCO(logs.schema, ModelConfig())
     start_at_click_rate(model, logs)
+    every_row = np.arange(len(logs))
     rows, heldout = split(len(logs), 0.1, seed)
-    if priors == "evidence":  # it needs no held-out rows: every row counts, as every row counts for combination-ts
-        rows = np.arange(len(logs))
+    if priors == "evidence":
+        rows = every_row
     model.count_ids(logs, rows)
     model.silence_network()
-    outcome = refit_wide(model, logs, rows, heldout, priors=priors, must_improve=False)
-    return model.eval(), outcome.precisions
+    precisions = choose_priors([model], logs, [(rows, heldout)], priors=priors)
+    solve_wide(model, logs, every_row, precisions)
+    return model.eval(), precisions
 
 
 def believed_split(precisions: dict[str, float], components: int) -> list[float]:

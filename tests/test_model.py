@@ -170,9 +170,10 @@ def test_an_ensemble_trains_with_nothing_held_out():
     data = encode(_rows(12))
     result = train(data, ModelConfig(dim=8, hidden=8), TrainConfig(epochs=1, holdout=0.0, reward_models=2, rl_epochs=1, k=2))
     assert isinstance(result.model, RewardEnsemble)
-    # each member's epoch 0 is its wide part alone, fitted exactly
-    assert [(r.stage, r.epoch) for r in result.history] == [("reward", 0), ("reward", 1), ("reward", 0), ("reward", 1),
-                                                            ("generator", 0), ("generator", 1)]
+    # each member's epoch 0 is its wide part alone, fitted exactly (under the priors they choose together, so
+    # every member's comes before the first network epoch)
+    assert [(r.stage, r.member, r.epoch) for r in result.history] == [
+        ("reward", 0, 0), ("reward", 1, 0), ("reward", 0, 1), ("reward", 1, 1), ("generator", 0, 0), ("generator", 0, 1)]
     assert all(np.isfinite(r.heldout_logloss) for r in result.history), "judged on the training rows"
     assert [r.heldout_generator_reward is None for r in result.history] == [True] * 4 + [False] * 2
     assert result.summary()["epochs"] == 3, "the epochs 0 are judgements, not trained epochs"

@@ -1,5 +1,6 @@
-"""The wide part's exact fit: the linear view is the model's own logit, the solve reaches the MAP, and the fit
-only replaces the wide part when it helps on held-out rows."""
+"""The wide part's exact fit: the linear view is the model's own logit, the solve reaches the MAP, the priors
+chosen on held-out rows beat a random wide part there, the evidence finds where a table's variance lives, and a
+trained ensemble ends with its members' MAPs on every row."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 
 from genco.data import collate
 from genco.model import GenCO, ModelConfig
-from genco.refit import Wide, _Problem, _set_wide, linear_view, refit_wide, wide_of
-from genco.train import split
+from genco.refit import Wide, _Problem, _set_wide, choose_priors, linear_view, solve_wide, wide_of
+from genco.train import TrainConfig, split, train
 from genco.world import WorldConfig, simulate_in_memory
 
 FIRST_ORDER = {"feature_effects": False, "pair_effects": False}  # ids, products and combinations only
@@ -87,56 +88,71 @@ def test_the_start_is_the_model_as_it_stands(logs):
     assert torch.allclose(view.wide_logit(full), view.wide_logit(wide), atol=1e-5)
 
 
-def test_refit_keeps_only_what_helps_on_held_out_rows(logs):
+def _map_gradient(model: GenCO, data, rows: np.ndarray, precisions: dict[str, float]) -> torch.Tensor:
+    """The gradient of the wide part's MAP objective on `rows` at the model's wide part (zero at the MAP)."""
+    problem = _Problem(linear_view(model, data, rows), model)
+    x = problem.start(wide_of(model)).requires_grad_(True)
+    precision = problem.precision(precisions)
+    loss = F.binary_cross_entropy_with_logits(problem.logit(x), problem.click, reduction="sum") + 0.5 * (precision * x * x).sum()
+    return torch.autograd.grad(loss, x)[0]
+
+
+def test_the_chosen_priors_beat_a_random_wide_part_on_held_out_rows(logs):
     model = _model(logs, **FIRST_ORDER)
     rows, heldout = split(len(logs), 0.2, 0)
+    judge = linear_view(model, logs, heldout)
     before = wide_of(model)
-    outcome = refit_wide(model, logs, rows, heldout)
-    assert outcome.kept  # random tables at sd 0.3 are worse than their MAP
-    assert outcome.heldout_logloss_after < outcome.heldout_logloss_before
+    precisions = choose_priors([model], logs, [(rows, heldout)])
+    assert set(precisions) == {"elements", "products", "combinations", "context"}  # nothing for unused parts
+    solve_wide(model, logs, rows, precisions)
     after = wide_of(model)
+    assert judge.logloss(after) < judge.logloss(before)  # random tables at sd 0.3 are worse than their MAP
     assert not torch.equal(after.element, before.element)
-    assert set(outcome.precisions) == {"elements", "products", "combinations", "context"}  # nothing for unused parts
-    assert linear_view(model, logs, heldout).logloss(after) == pytest.approx(outcome.heldout_logloss_after, abs=1e-5)
-    # refitting the refitted model finds nothing better: it keeps the wide part as it is
-    again = refit_wide(model, logs, rows, heldout)
-    assert again.heldout_logloss_after <= outcome.heldout_logloss_after + 1e-6
 
 
 def test_a_model_without_id_tables_still_fits_its_appeal(logs):
     model = _model(logs, **FIRST_ORDER, element_ids=False, ad_ids=False, combination_effects=False)
     with torch.no_grad():
         model.appeal.bias.fill_(2.0)  # far from the logs' click rate
-    outcome = refit_wide(model, logs, *split(len(logs), 0.2, 0))
-    assert outcome.kept
-    assert set(outcome.precisions) == {"context"}
+    rows, heldout = split(len(logs), 0.2, 0)
+    precisions = choose_priors([model], logs, [(rows, heldout)])
+    assert set(precisions) == {"context"}
+    solve_wide(model, logs, rows, precisions)
     assert float(model.appeal.bias.detach()) < 0  # a few percent of clicks
 
 
-def test_refit_sets_the_feature_and_pair_effects(logs):
+def test_the_fit_sets_the_feature_and_pair_effects(logs):
     model = _model(logs)
     with torch.no_grad():
         model.feature_effect.zero_()
         model.pair_effect.zero_()
-    outcome = refit_wide(model, logs, *split(len(logs), 0.2, 0))
-    assert outcome.kept
-    assert {"features", "user x features", "pairs"} <= set(outcome.precisions)
+    rows, heldout = split(len(logs), 0.2, 0)
+    precisions = choose_priors([model], logs, [(rows, heldout)])
+    assert {"features", "user x features", "pairs"} <= set(precisions)
+    solve_wide(model, logs, rows, precisions)
     assert model.feature_effect.abs().max() > 0 and model.pair_effect.abs().max() > 0
 
 
-def test_priors_chosen_on_a_sample_are_then_solved_on_every_training_row(logs):
-    """With more training rows than select_rows the grid runs on a sample, but what is kept is the MAP of the
-    chosen priors on all the rows: the full objective's gradient is zero there."""
+def test_priors_chosen_on_samples_are_then_solved_on_every_row(logs):
+    """With more training rows than select_rows the grid runs on a sample of each member's rows, but the solve
+    reaches the MAP of the chosen priors on all the rows given: the full objective's gradient is zero there."""
     model = _model(logs)
-    rows, heldout = split(len(logs), 0.2, 0)
-    outcome = refit_wide(model, logs, rows, heldout, must_improve=False, select_rows=500)
-    problem = _Problem(linear_view(model, logs, rows), model)
-    x = problem.start(wide_of(model)).requires_grad_(True)
-    precision = problem.precision(outcome.precisions)
-    loss = F.binary_cross_entropy_with_logits(problem.logit(x), problem.click, reduction="sum") + 0.5 * (precision * x * x).sum()
-    (gradient,) = torch.autograd.grad(loss, x)
-    assert gradient.abs().max() < 1e-2  # (the model's tables are float32: the MAP to float precision)
-    assert linear_view(model, logs, heldout).logloss(wide_of(model)) == pytest.approx(outcome.heldout_logloss_after, abs=1e-5)
+    splits = [split(len(logs), 0.2, seed) for seed in (0, 1)]
+    precisions = choose_priors([model, _model(logs)], logs, splits, select_rows=500)
+    solve_wide(model, logs, splits[0][0], precisions)
+    assert _map_gradient(model, logs, splits[0][0], precisions).abs().max() < 1e-2  # (float32 tables: to float precision)
+    assert _map_gradient(model, logs, np.arange(len(logs)), precisions).abs().max() > 1e-1  # (not the MAP on other rows)
+
+
+def test_every_member_ends_with_one_set_of_priors_and_its_map_on_every_row(logs):
+    """After training, each member's wide part is the MAP on every row (the held-out rows too) given its own
+    network, under the one set of priors the members chose together."""
+    config = TrainConfig(epochs=2, reward_models=2, rl=False, seed=3)
+    result = train(logs, ModelConfig(dim=8, heads=2, hidden=8), config)
+    assert set(result.wide_priors) >= {"elements", "products", "combinations", "pairs", "features"}
+    assert result.summary()["wide_priors"] == result.wide_priors
+    for member in result.model.members:
+        assert _map_gradient(member, logs, np.arange(len(logs)), result.wide_priors).abs().max() < 1e-2
 
 
 def _evidence_precisions(split_of_variance: tuple[float, float, float]) -> dict[str, float]:
@@ -148,9 +164,7 @@ def _evidence_precisions(split_of_variance: tuple[float, float, float]) -> dict[
     model = GenCO(data.schema, ModelConfig(dim=8, heads=2, hidden=8, feature_effects=False))
     model.count_ids(data, np.arange(len(data)))
     model.silence_network()
-    outcome = refit_wide(model, data, *split(len(data), 0.1, 0), priors="evidence", must_improve=False)
-    assert outcome.kept
-    return outcome.precisions
+    return choose_priors([model], data, [split(len(data), 0.1, 0)], priors="evidence")
 
 
 @pytest.mark.parametrize("order, split_of_variance", [("elements", (1.0, 0.0, 0.0)), ("pairs", (0.0, 1.0, 0.0)),

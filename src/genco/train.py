@@ -40,7 +40,7 @@ from genco.errors import GencoInputError
 from genco.metrics import auc, log_loss
 from genco.model import GenCO, ModelConfig
 from genco.options import MAX_K, OptionError, bounded, check_options, seed_field
-from genco.refit import PRIORS, refit_wide
+from genco.refit import PRIORS, choose_priors, described, solve_wide
 
 if TYPE_CHECKING:
     from genco.ensemble import RewardEnsemble
@@ -71,8 +71,8 @@ class TrainConfig:
     mil_weight: float = bounded(1.0, ge=0, le=1000)
     mil: bool = True
     rl: bool = True
-    wide_fit: str = "first"  # the wide part's exact MAP (genco.refit): "first" (before stage 1, and again after it
-    # given the network, if an epoch of the network is kept), "after" (after stage 1 only) or "none"
+    wide_fit: str = "first"  # the wide part's exact MAP (genco.refit): "first" (before stage 1, and at the end on
+    # every row given the network), "after" (at the end only) or "none"
     wide_priors: str = "heldout"  # how the wide fit chooses its prior precisions: "heldout" (a grid, by held-out log
     # loss) or "evidence" (type-II maximum likelihood on the training rows); genco.refit
     reward_models: int = bounded(3, ge=1, le=32)  # an ensemble: the served argmax is their mean's (see genco.ensemble)
@@ -119,6 +119,7 @@ class TrainResult:
     seconds: float = 0.0
     impressions: int = 0
     judgement: dict[str, Any] = field(default_factory=dict)  # what the held-out figures were measured on (see `judgement`)
+    wide_priors: dict[str, float] = field(default_factory=dict)  # the wide part's prior precisions (genco.refit), every member's
 
     @property
     def best(self) -> EpochRecord:
@@ -135,6 +136,7 @@ class TrainResult:
             "reward_models": len({r.member for r in self.history if r.stage == "reward"}),
             "impressions": self.impressions,
             "impressions_per_second": self.impressions * len(self.trained_epochs) / max(self.seconds, 1e-9),
+            "wide_priors": self.wide_priors,
             **self.judgement,
         }
 
@@ -363,37 +365,66 @@ def start_at_click_rate(model: GenCO, data: EncodedRows) -> None:
         model.appeal.bias.fill_(float(np.log(rate / (1 - rate))))
 
 
-def fit_wide_start(model: GenCO, loop: _Epochs, rows: np.ndarray, heldout: np.ndarray, member: int) -> tuple[float, dict]:
-    """Before stage 1: the network silenced and the wide part fitted exactly on its own (genco.refit), so that
-    stage 1 trains the network on what the wide part cannot say. Returns the held-out log loss an epoch of
-    stage 1 must beat to be kept, and the state to keep if none does (recorded as the member's epoch 0)."""
-    model.silence_network()
-    outcome = refit_wide(model, loop.data, rows, heldout, priors=loop.config.wide_priors, must_improve=False)
-    heldout_auc, heldout_logloss = heldout_figures(model, loop.data, heldout)
-    loop.history.append(EpochRecord(epoch=0, stage="reward", member=member, train_loss=0.0, train_comb=0.0, train_elem=0.0,
-                                    train_rl=0.0, heldout_auc=heldout_auc, heldout_logloss=heldout_logloss,
-                                    heldout_generator_reward=None, seconds=0.0, lr=0.0))
-    console.note(f"reward {member + 1}: wide part fitted alone (prior precisions: {outcome.described_priors()}), {loop.judged} AUC "
-                 f"{heldout_auc:.4f}  log loss {heldout_logloss:.5f}")
-    return heldout_logloss, copy.deepcopy(model.state_dict())
+@dataclass
+class _Member:
+    """One reward model of the ensemble and its own held-out split."""
+
+    model: GenCO
+    seed: int
+    rows: np.ndarray
+    heldout: np.ndarray
 
 
-def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple[GenCO, int]:
-    """Stage 1 for one reward model (L_comb + L_elem) on its own split: the model with its kept weights, and the kept epoch.
+def new_member(make_model, data: EncodedRows, config: TrainConfig, seed: int) -> _Member:
+    torch.manual_seed(seed)
+    model = make_model()
+    start_at_click_rate(model, data)
+    rows, heldout = split(len(data), config.holdout, seed)
+    model.count_ids(data, rows)
+    return _Member(model, seed, rows, heldout)
+
+
+def member_priors(members: list[_Member], loop: _Epochs, when: str) -> dict[str, float]:
+    """The wide part's prior precisions, chosen once for every member (genco.refit.choose_priors)."""
+    precisions = choose_priors([m.model for m in members], loop.data, [(m.rows, m.heldout) for m in members],
+                               priors=loop.config.wide_priors)
+    console.note(f"wide part {when}: prior precisions {described(precisions)}")
+    return precisions
+
+
+def fit_wide_starts(members: list[_Member], loop: _Epochs) -> tuple[dict[str, float], list[tuple[float, dict]]]:
+    """Before stage 1: every member's network silenced and its wide part fitted exactly on its own training
+    rows (genco.refit), under priors chosen for all of them together, so that stage 1 trains each network on
+    what the wide part cannot say. Returns the priors and, per member, the held-out log loss an epoch of stage
+    1 must beat to be kept and the state to keep if none does (recorded as the member's epoch 0)."""
+    for m in members:
+        m.model.silence_network()
+    precisions = member_priors(members, loop, "before the network")
+    starts = []
+    for index, m in enumerate(members):
+        solve_wide(m.model, loop.data, m.rows, precisions)
+        heldout_auc, heldout_logloss = heldout_figures(m.model, loop.data, m.heldout)
+        loop.history.append(EpochRecord(epoch=0, stage="reward", member=index, train_loss=0.0, train_comb=0.0,
+                                        train_elem=0.0, train_rl=0.0, heldout_auc=heldout_auc,
+                                        heldout_logloss=heldout_logloss, heldout_generator_reward=None, seconds=0.0, lr=0.0))
+        console.note(f"reward {index + 1}: wide part fitted alone, {loop.judged} AUC {heldout_auc:.4f}  log loss {heldout_logloss:.5f}")
+        starts.append((heldout_logloss, copy.deepcopy(m.model.state_dict())))
+    return precisions, starts
+
+
+def fit_reward_model(member: _Member, loop: _Epochs, index: int, wide_start: tuple[float, dict | None]) -> int:
+    """Stage 1 for one reward model (L_comb + L_elem) on its own split, in place: the model keeps its best
+    weights; returns the kept epoch. wide_start: the held-out log loss an epoch must beat, and the state kept
+    if none does (fit_wide_starts; inf and None without it).
 
     The learning rate is cut on plateaus, and an exponential moving average of the weights is what gets
     judged and kept: with a few clicks per element the last step's weights are noisy, the average much less
     so.
     """
     config = loop.config
+    model, seed, rows, heldout = member.model, member.seed, member.rows, member.heldout
+    wide_score, wide_state = wide_start
     torch.manual_seed(seed)
-    model = make_model()
-    start_at_click_rate(model, loop.data)
-    rows, heldout = split(len(loop.data), config.holdout, seed)
-    model.count_ids(loop.data, rows)
-    wide_score, wide_state = float("inf"), None
-    if config.wide_fit == "first":
-        wide_score, wide_state = fit_wide_start(model, loop, rows, heldout, member)
     optimizer = _optimizer(model, config)
     live = list(model.parameters())
     average = [p.detach().clone() for p in live]
@@ -432,20 +463,28 @@ def fit_reward_model(make_model, loop: _Epochs, seed: int, member: int) -> tuple
                     a.lerp_(p, 1 - decay)
         return {k: v.detach() for k, v in terms.items()}
 
-    best_state, best_epoch = loop.run(model, "reward", member, rows, heldout, step, optimizer, config.epochs, seed,
+    best_state, best_epoch = loop.run(model, "reward", index, rows, heldout, step, optimizer, config.epochs, seed,
                                       best_score=wide_score, judge=averaged)
     if best_state is None:  # no epoch beat the wide part alone: the network stays silent
         best_state = wide_state
     if best_state is None:  # every epoch's held-out log loss was NaN: the weights diverged
-        raise GencoInputError(f"reward model {member + 1}: training diverged (held-out log loss NaN in every epoch); "
+        raise GencoInputError(f"reward model {index + 1}: training diverged (held-out log loss NaN in every epoch); "
                               f"lower --lr (now {config.lr:g})")
     model.load_state_dict(best_state)
-    if config.wide_fit != "none" and best_epoch > 0:  # (epoch 0 is the wide part alone, fitted exactly already)
-        outcome = refit_wide(model, loop.data, rows, heldout, priors=config.wide_priors)
-        if outcome.kept:
-            console.note(f"reward {member + 1}: wide part refitted given the network (prior precisions: {outcome.described_priors()}), "
-                         f"{loop.judged} log loss {outcome.heldout_logloss_before:.5f} -> {outcome.heldout_logloss_after:.5f}")
-    return model, best_epoch
+    return best_epoch
+
+
+def finish_wide(members: list[_Member], loop: _Epochs, precisions: dict[str, float] | None) -> dict[str, float]:
+    """After stage 1: every member's wide part solved exactly on every row, given its network, under the priors
+    chosen before it (chosen now, given the networks, when the wide part was not fitted first). The held-out rows
+    have judged the priors and the network by now; their clicks are then data the wide part should have."""
+    if precisions is None:
+        precisions = member_priors(members, loop, "given the network")
+    every_row = np.arange(len(loop.data))
+    for m in members:
+        solve_wide(m.model, loop.data, every_row, precisions)
+    console.note(f"wide part solved on all {len(every_row)} rows given each network")
+    return precisions
 
 
 def train(data: EncodedRows, model_config: ModelConfig | None = None, config: TrainConfig | None = None,
@@ -453,7 +492,8 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
     """Train on encoded logs; returns the model (best held-out weights, eval mode) and the per-epoch history.
 
     With `reward_models` > 1 the result is a RewardEnsemble: member i is trained with seed + 1000 i (its own
-    initialisation, batch order and held-out split), and the generator of member 0 learns against their mean.
+    initialisation, batch order and held-out split; the wide part's priors are chosen for all of them
+    together), and the generator of member 0 learns against their mean.
     """
     from genco.ensemble import RewardEnsemble
 
@@ -467,14 +507,18 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
     history: list[EpochRecord] = []
     loop = _Epochs(data, config, history, _batch_size(len(train_rows), config))
 
-    members, kept = [], []
-    for i in range(max(1, config.reward_models)):
-        member, epoch = fit_reward_model(lambda: model_class(data.schema, model_config), loop, config.seed + 1000 * i, i)
-        members.append(member)
-        kept.append(epoch)
-    model = members[0] if len(members) == 1 else RewardEnsemble(members)
+    members = [new_member(lambda: model_class(data.schema, model_config), data, config, config.seed + 1000 * i)
+               for i in range(max(1, config.reward_models))]
+    precisions, starts = None, [(float("inf"), None)] * len(members)
+    if config.wide_fit == "first":
+        precisions, starts = fit_wide_starts(members, loop)
+    kept = [fit_reward_model(m, loop, i, start) for i, (m, start) in enumerate(zip(members, starts))]
+    if config.wide_fit != "none":
+        precisions = finish_wide(members, loop, precisions)
+    models = [m.model for m in members]
+    model = models[0] if len(models) == 1 else RewardEnsemble(models)
     result = TrainResult(model=model, history=history, best_epoch=kept[0], impressions=len(train_rows),
-                         judgement=judgement(data, config))
+                         judgement=judgement(data, config), wide_priors=precisions or {})
 
     if config.rl and config.rl_epochs > 0:  # stage 2
         train_generator(model, data, config, history)
