@@ -11,9 +11,9 @@ elements and pairs say, as far as the variance of the higher orders warrants. Ge
 is that model; its prior precisions are the shrinkage. Per log this fits the wide part alone (the network
 silenced, one reward model) with the priors chosen by held-out log loss (fitted on 90% of the rows, the rest
 judging the grid, as in training) and by the evidence (on every row, since it needs none held out), each then
-solved on every row as training ends, and counting whole combinations (combination-ts) on the same log, then prints each one's share
-of the oracle's lift, the paired differences with their standard errors, and the split of the variance the
-evidence believes in next to the world's. One log's reading moves by 0.3 and more: the paired mean over many
+solved on every row as training ends, and counting whole combinations (combination-ts) on the same log, then
+prints each one's share of the oracle's lift, the paired differences with their standard errors, and the
+split of the variance the evidence believes in next to the world's. One log's reading moves by 0.3 and more: the paired mean over many
 logs is the figure to read.
 """
 
