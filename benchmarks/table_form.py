@@ -32,12 +32,10 @@ from genco.data import encode
 from genco.evaluate import Evaluator
 from genco.model import GenCO, ModelConfig
 from genco.policies import BENCH_SELECT, make_policy
-from genco.refit import choose_priors, solve_wide
+from genco.refit import PRIORS, choose_priors, solve_wide
 from genco.select import choose
 from genco.train import split, start_at_click_rate
 from genco.world import WorldConfig, simulate_in_memory
-
-PRIORS = ("heldout", "evidence")
 
 
 def wide_part_alone(logs, priors: str, seed: int) -> tuple[GenCO, dict[str, float]]:

@@ -265,14 +265,14 @@ class _Problem:
 
 
 def choose_by_evidence(problem: _Problem, blocks: list[str], start: torch.Tensor, first: dict[str, float],
-                       rounds: int = EVIDENCE_ROUNDS) -> tuple[dict[str, float], torch.Tensor]:
+                       rounds: int = EVIDENCE_ROUNDS) -> dict[str, float]:
     """Each block's precision as the one that maximises the evidence (type-II maximum likelihood, MacKay's
     fixed point  lambda_b <- gamma_b / |x_b|^2,  gamma_b = sum_j h_j / (h_j + lambda_b)  the block's number
     of well-determined coordinates, h the diagonal of the likelihood's Hessian at the MAP), blocks in
     PRECISIONS order, lower orders first: each block is switched on with the blocks after it held at zero,
     so that it is sized by what the blocks before it leave unexplained. Jointly the fixed point would let the
     richest block (whole combinations, which can fit every row's mean on their own) swallow the others, a
-    weakness of the diagonal approximation. Returns the chosen precisions and the MAP under them."""
+    weakness of the diagonal approximation. Returns the chosen precisions (solve_wide then fits under them)."""
     chosen, x = dict(first), start
     for at, block in enumerate(blocks):
         held_at_zero = {later: OFF for later in blocks[at + 1:]}
@@ -283,9 +283,7 @@ def choose_by_evidence(problem: _Problem, blocks: list[str], start: torch.Tensor
             curvature = problem.curvature(x)[mask]
             determined = float((curvature / (curvature + chosen[block])).sum())
             chosen[block] = float(np.clip(determined / max(float((x[mask] ** 2).sum()), 1e-12), *EVIDENCE_RANGE))
-    with torch.enable_grad():
-        x = problem.solve(problem.precision(chosen), x)
-    return chosen, x
+    return chosen
 
 
 def _blocks_and_first(problem: _Problem) -> tuple[list[str], dict[str, float]]:
@@ -320,7 +318,7 @@ def choose_priors(models: list[GenCO], data: EncodedRows, splits: list[tuple[np.
         model, (rows, _) = models[0], splits[0]
         problem = _Problem(linear_view(model, data, rows), model)
         blocks, first = _blocks_and_first(problem)
-        return choose_by_evidence(problem, blocks, problem.start(wide_of(model)), first)[0]
+        return choose_by_evidence(problem, blocks, problem.start(wide_of(model)), first)
     folds = []
     for model, (rows, heldout) in zip(models, splits):
         if len(rows) > select_rows:
