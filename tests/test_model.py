@@ -275,25 +275,27 @@ def test_bad_model_folders_are_clear_errors(train_world, trained, tmp_path):
     assert not (tmp_path / "s.jsonl").exists()
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_folders_of_earlier_versions_still_load(trained, tmp_path, version):
     """Before version 3 the description lived in genco.json alone; before version 4 models had neither feature
-    nor pair effects (and no buffer for them)."""
+    nor pair effects (and no buffer for them); before version 5, no user x element-id effects."""
     logs, _ = trained
-    result = train(logs, ModelConfig(feature_effects=False, pair_effects=False), TrainConfig(epochs=1, seed=0, rl=False, reward_models=2))
+    config = ModelConfig(feature_effects=False, pair_effects=False, user_id_effects=False)
+    result = train(logs, config, TrainConfig(epochs=1, seed=0, rl=False, reward_models=2))
     save_trained(result, tmp_path / "new", TrainConfig())
     old = tmp_path / "old"
     old.mkdir()
-    weights = {k: v for k, v in load_file(str(tmp_path / "new" / "model.safetensors")).items() if not k.endswith("feature_effect")}
+    weights = {k: v for k, v in load_file(str(tmp_path / "new" / "model.safetensors")).items()
+               if version >= 4 or not k.endswith("feature_effect")}
     meta = json.loads((tmp_path / "new" / "genco.json").read_text())
-    for key in ("feature_effects", "pair_effects"):
+    for key in ("user_id_effects",) + (("feature_effects", "pair_effects") if version < 4 else ()):
         del meta["model_config"][key]
     meta["version"] = version
     save_file(weights, str(old / "model.safetensors"), metadata={"genco": json.dumps(meta)} if version >= 3 else None)
     (old / "genco.json").write_text(json.dumps(meta))
     model, loaded = load_model(old)
     assert loaded["version"] == version and loaded["model_version"].startswith("old@")
-    assert not model.config.feature_effects and not model.config.pair_effects
+    assert not model.config.feature_effects and not model.config.pair_effects and not model.config.user_id_effects
     for name, value in load_model(tmp_path / "new")[0].state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
 

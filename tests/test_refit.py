@@ -4,6 +4,8 @@ trained ensemble ends with its members' MAPs on every row."""
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from genco.refit import Wide, _Problem, _set_wide, choose_priors, linear_view, s
 from genco.train import TrainConfig, split, train
 from genco.world import WorldConfig, simulate_in_memory
 
-FIRST_ORDER = {"feature_effects": False, "pair_effects": False}  # ids, products and combinations only
+FIRST_ORDER = {"feature_effects": False, "pair_effects": False, "user_id_effects": False}  # ids, products and combinations only
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,9 @@ def _model(data, **options) -> GenCO:
         for table in (model.element_effect, model.ad_appeal, model.combination_effect):
             table.weight.normal_(0, 0.3)
         model.feature_effect.normal_(0, 0.1)
-        if model.pair_effect is not None:
-            model.pair_effect.normal_(0, 0.3)
+        for table in (model.pair_effect, model.user_id_effect):
+            if table is not None:
+                table.normal_(0, 0.3)
     model.count_ids(data, np.arange(len(data)))
     return model
 
@@ -56,8 +59,7 @@ def test_the_linear_view_is_the_models_click_logit_whatever_its_wide_part(logs, 
     assert wide.feature.any() == model.config.feature_effects  # a part the model does not use is zero
     # another wide part in the model: its logit is still the view's offset plus the new part's contribution
     generator = torch.Generator().manual_seed(1)
-    moved = Wide(*(value + 0.2 * torch.randn(value.shape, generator=generator) for value in
-                   (wide.element, wide.product, wide.combination, wide.pair, wide.feature, wide.appeal)))
+    moved = Wide(*(value + 0.2 * torch.randn(value.shape, generator=generator) for value in astuple(wide)))
     with torch.no_grad():
         _set_wide(model, moved)
     assert torch.allclose(view.offset + view.wide_logit(wide_of(model)), logit(), atol=1e-4)
@@ -71,6 +73,7 @@ def test_the_solve_reaches_the_map(logs, options):
     problem = _Problem(view, model)
     assert (problem.block == "user x features").any() == model.config.feature_effects
     assert (problem.block == "pairs").any() == model.config.pair_effects
+    assert (problem.block == "user x elements").any() == model.config.user_id_effects
     precision = torch.from_numpy(np.where(problem.block == "elements", 10.0, 100.0))
     x = problem.solve(precision, torch.zeros(problem.size, dtype=torch.float64)).requires_grad_(True)
     loss = F.binary_cross_entropy_with_logits(problem.logit(x), view.click.double(), reduction="sum") + 0.5 * (precision * x * x).sum()
@@ -121,16 +124,20 @@ def test_a_model_without_id_tables_still_fits_its_appeal(logs):
     assert float(model.appeal.bias.detach()) < 0  # a few percent of clicks
 
 
-def test_the_fit_sets_the_feature_and_pair_effects(logs):
+def test_the_fit_sets_the_feature_pair_and_user_id_effects(logs):
     model = _model(logs)
     with torch.no_grad():
-        model.feature_effect.zero_()
-        model.pair_effect.zero_()
+        for table in (model.feature_effect, model.pair_effect, model.user_id_effect):
+            table.zero_()
     rows, heldout = split(len(logs), 0.2, 0)
     precisions = choose_priors([model], logs, [(rows, heldout)])
-    assert {"features", "user x features", "pairs"} <= set(precisions)
+    assert {"features", "user x features", "pairs", "user x elements"} <= set(precisions)
     solve_wide(model, logs, rows, precisions)
-    assert model.feature_effect.abs().max() > 0 and model.pair_effect.abs().max() > 0
+    for table in (model.feature_effect, model.pair_effect, model.user_id_effect):
+        assert table.abs().max() > 0
+    never_shown = torch.ones(logs.schema.id_buckets, dtype=torch.bool)
+    never_shown[model.id_counts > 0] = False
+    assert (model.user_id_effect[never_shown] == 0).all()  # an id without impressions keeps the prior's centre
 
 
 def test_priors_chosen_on_samples_are_then_solved_on_every_row(logs):

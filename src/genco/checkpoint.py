@@ -33,9 +33,10 @@ from genco.files import atomic_write_json, output_folder
 from genco.model import GenCO, ModelConfig
 
 FORMAT = "genco-model"
-VERSION = 4  # 2: id vectors and their counts; 3: the description also in the weights file's header;
-#             4: the wide part's feature and pair effects (ModelConfig.feature_effects, pair_effects)
-READABLE = (2, 3, 4)
+VERSION = 5  # 2: id vectors and their counts; 3: the description also in the weights file's header;
+#             4: the wide part's feature and pair effects (ModelConfig.feature_effects, pair_effects);
+#             5: its user x element-id effects (ModelConfig.user_id_effects)
+READABLE = (2, 3, 4, 5)
 
 
 def check_model_folder(directory: str | Path) -> None:
@@ -121,7 +122,8 @@ def load_model(directory: str | Path) -> tuple[GenCO | RewardEnsemble, dict[str,
     meta = {**meta, "model_version": f"{directory.resolve().name}@{hashlib.sha256(raw).hexdigest()[:12]}"}
     try:
         schema = FeatureSchema(**meta["schema"])
-        older = {"feature_effects": False, "pair_effects": False} if meta["version"] < 4 else {}  # they had neither
+        older = ({"feature_effects": False, "pair_effects": False} if meta["version"] < 4 else {}) | (
+            {"user_id_effects": False} if meta["version"] < 5 else {})  # what earlier versions did not have
         config = ModelConfig(**{**older, **meta["model_config"]})
         kind = meta.get("kind", "GenCO")
         if kind == "RewardEnsemble":

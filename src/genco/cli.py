@@ -222,6 +222,7 @@ def train(
     no_combination_effects: Annotated[bool, typer.Option("--no-combination-effects", help="No effect per whole combination: the bag logit is its instances' alone.")] = False,
     no_feature_effects: Annotated[bool, typer.Option("--no-feature-effects", help="No exactly fitted linear term in each element's features and user x features in the wide part.")] = False,
     no_pair_effects: Annotated[bool, typer.Option("--no-pair-effects", help="No exactly fitted effect per pair of element ids in the wide part.")] = False,
+    no_user_id_effects: Annotated[bool, typer.Option("--no-user-id-effects", help="No exactly fitted user x element-id weights (which element suits whom, for elements known by id) in the wide part.")] = False,
     wide_fit: Annotated[WideFitChoice, typer.Option(help="When the wide part (product appeal, element ids, features, pairs, combinations: a logistic regression) is fitted exactly, a MAP with priors chosen once for every reward model on their held-out rows: first (before the network, on each reward model's training rows; the network then learns what it cannot say and is kept only where that helps on held-out rows), after (the network and the wide part trained together by stochastic steps first) or none (stochastic steps only). Either way but none, training ends with the wide part solved on every row, the held-out ones too, given each network.")] = WideFitChoice.first,
     wide_priors: Annotated[WidePriorsChoice, typer.Option(help="How the wide fit chooses each block's prior precision (how far element, pair and combination effects are shrunk): heldout (a grid, by the held-out log loss) or evidence (the precisions under which the training rows are most likely, lower orders first: no held-out rows needed). Either way every reward model gets the same priors.")] = WidePriorsChoice.heldout,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
@@ -249,7 +250,7 @@ def train(
                                cross_component=not no_cross_component, id_vectors=not no_id_vectors,
                                id_shrinkage=id_shrinkage, combination_effects=not no_combination_effects,
                                combination_shrinkage=combination_shrinkage, feature_effects=not no_feature_effects,
-                               pair_effects=not no_pair_effects)
+                               pair_effects=not no_pair_effects, user_id_effects=not no_user_id_effects)
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
                                reward_models=reward_models, rl_objective=rl_objective.value, wide_fit=wide_fit.value,

@@ -102,6 +102,8 @@ class LeanGreedy(nn.Module):
         self.register_buffer("component", _stack([m.component.weight for m in members]))  # (E, M, d)
         self.register_buffer("element_effect", _stack([m.element_effect.weight[:, 0] for m in members]))  # (E, buckets)
         self.register_buffer("feature_effect", _stack([m.feature_effect for m in members]))  # (E, M, 1 + U, F)
+        user_ids = first.user_id_effect is not None
+        self.register_buffer("user_id_effect", _stack([m.user_id_effect for m in members]) if user_ids else None)  # (E, buckets, U)
         trust = [shrinkage_trust(m.id_counts, c.id_shrinkage) for m in members]
         self.register_buffer("id_vector", _stack([t[:, None] * m.id_vector.weight for t, m in zip(trust, members)]))  # (E, buckets, d)
         # reward model: bag attention, phi, pooling, combination effects
@@ -152,6 +154,8 @@ class LeanGreedy(nn.Module):
             effect = effect + torch.stack([
                 torch.einsum("bnf,ecf,bc->ebn", inputs[f"features_{m}"], self.feature_effect[:, m, :, :self.schema.feature_dims[name]], wide)
                 if has else torch.zeros(E, B, N) for m, (name, has) in enumerate(zip(self.schema.components, self.has_features))], dim=2)
+        if self.user_id_effect is not None:
+            effect = effect + torch.einsum("ebmnu,bu->ebmn", self.user_id_effect[:, element_bucket], inputs["user"])
         return h, appeal, e, effect
 
     # -- generator (member 0) ------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class ModelConfig:
     context_attention: bool = False  # attention queries see the context (which partner matters may depend on the user)
     feature_effects: bool = True  # an exactly fitted linear term in each element's features and user x features (genco.refit)
     pair_effects: bool = True  # an exactly fitted effect per pair of element ids (MVT's pairwise terms; genco.refit)
+    user_id_effects: bool = True  # an exactly fitted user x element-id term, U weights per id (genco.refit)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -69,7 +70,7 @@ class Encoded:
     h: torch.Tensor  # (B, C) context
     appeal: torch.Tensor  # (B,) logit of the product and user, without creatives
     e: torch.Tensor  # (B, T, d) elements
-    effect: torch.Tensor  # (B, T) each element's own effect, from its hashed id (zero when ids are off)
+    effect: torch.Tensor  # (B, T) each element's own effect, the wide part's: by id, by features, by user x either
     mask: torch.Tensor  # (B, T) real candidates
     slices: list[tuple[int, int]]  # component m owns slots [a, b)
     slot_component: torch.Tensor  # (T,) component of each slot
@@ -290,6 +291,10 @@ class GenCO(nn.Module):
         # An effect per pair of element ids (MVT's pairwise terms): what two elements do together that neither
         # their own effects nor the network say; set by the exact fit alone, like feature_effect.
         self.register_buffer("pair_effect", torch.zeros(schema.pair_buckets) if c.pair_effects and M > 1 else None)
+        # A personal effect per element id, user . w[element] (the paper's context x widget terms in MVT's own form):
+        # which badge suits whom, for elements known by id alone. Set by the exact fit alone, like pair_effect.
+        user_ids = c.user_id_effects and c.element_ids and U > 0
+        self.register_buffer("user_id_effect", torch.zeros(schema.id_buckets, U) if user_ids else None)
         # generator: cross-component attention over every candidate, and how peaked pi is per component.
         # The policy gradient can sharpen pi here instead of inflating the scores phi shares with the reward model.
         context = C if c.context_attention else 0
@@ -355,6 +360,8 @@ class GenCO(nn.Module):
             effect = torch.zeros(batch.mask.shape)
         if self.config.feature_effects:
             effect = effect + self.feature_terms(batch.user, batch.features)
+        if self.user_id_effect is not None:
+            effect = effect + (self.user_id_effect[batch.element_bucket] * batch.user[:, None, :]).sum(-1)  # (B, T, U) -> (B, T)
         return Encoded(h=h, appeal=appeal, e=e, effect=effect, mask=batch.mask, slices=batch.slices, bucket=batch.element_bucket,
                        slot_component=batch.slot_component)
 

@@ -7,12 +7,13 @@ epoch at which held-out log loss turns is one crude regulariser for ids seen ten
 thousand times. With the network frozen, the click logit of a logged combination is linear in those parts,
 
     logit_i = o_i + [1, u_i, z_i] . b + v[product_i]
-              + sum_m alpha_im (w[element_im] + [1, u_i] . W_m . x_im) + t_i c[combination_i]
+              + sum_m alpha_im (w[element_im] + u_i . g[element_im] + [1, u_i] . W_m . x_im) + t_i c[combination_i]
               + sum_{m < m'} r[pair_imm']
 
 (o: everything else the network says; u_i, z_i: user and ad features, b the appeal's linear layer;
-alpha: the MIL pooling weights; x_im: the shown element's features, W_m the wide feature term of
-`ModelConfig.feature_effects`; t: the combination's trust, see GenCO.bag_terms; r: the effect of each pair of
+alpha: the MIL pooling weights; g: each element id's personal effect, `ModelConfig.user_id_effects`, the
+paper's context x widget terms for elements known by id; x_im: the shown element's features, W_m the wide
+feature term of `ModelConfig.feature_effects`; t: the combination's trust, see GenCO.bag_terms; r: the effect of each pair of
 element ids, `ModelConfig.pair_effects`, MVT's pairwise terms), so their MAP under Gaussian
 priors N(0, 1 / lambda) is a convex logistic regression. It is solved to convergence here (full-batch L-BFGS,
 diagonally preconditioned), the way MVT (Hill et al. 2017) fits its first-order terms. A Gaussian prior
@@ -52,7 +53,7 @@ from genco.model import GenCO, component_pairs
 #: rows say little and neither extreme is a safe default.
 PRECISIONS = {"features": (10.0, 1.0, 100.0, 1000.0), "user x features": (1000.0, 10.0, 100.0, 10000.0),
               "context": (10.0, 1.0, 100.0), "products": (10.0, 1.0, 3.0, 30.0, 100.0),
-              "elements": (10.0, 3.0, 30.0, 100.0), "pairs": (1000.0, 300.0, 3000.0),
+              "elements": (10.0, 3.0, 30.0, 100.0), "user x elements": (1000.0, 100.0, 10000.0), "pairs": (1000.0, 300.0, 3000.0),
               "combinations": (100.0, 10.0, 30.0, 1000.0)}
 #: Training rows the priors are chosen on (each choice is a solve); the chosen priors are then solved on every row.
 SELECT_ROWS = 20_000
@@ -75,8 +76,13 @@ class Wide:
     product: torch.Tensor  # (ad buckets,) each product's appeal
     combination: torch.Tensor  # (combination buckets,) each whole combination's effect
     pair: torch.Tensor  # (pair buckets,) each pair of element ids' effect
+    user_element: torch.Tensor  # (id buckets * U,) g, each element id's weights on the user features, flattened
     feature: torch.Tensor  # (M, 1 + U, F) W_m, zero-padded to the widest feature vector
     appeal: torch.Tensor  # (1 + U + A,) the appeal's bias, then its weights on user and ad features
+
+    def tables(self) -> tuple[torch.Tensor, ...]:
+        """The id tables, in TABLES order."""
+        return self.element, self.product, self.combination, self.pair, self.user_element
 
 
 @dataclass
@@ -99,6 +105,9 @@ class LinearView:
     def wide_logit(self, wide: Wide) -> torch.Tensor:
         """The wide part of every row's logit (n,)."""
         per_element = torch.einsum("nmf,mcf,nc->nm", self.features, wide.feature.to(self.features.dtype), self.context)
+        user = self.context[:, 1:]  # (n, U)
+        if user.shape[1]:
+            per_element = per_element + (wide.user_element[user_element_keys(self.element, user.shape[1])] * user[:, None, :]).sum(dim=2)
         return ((self.alpha * (wide.element[self.element.clamp(min=0)] + per_element)).sum(dim=1)
                 + wide.product[self.product] + self.trust * wide.combination[self.combination]
                 + (wide.pair[self.pair] * self.pair_present).sum(dim=1)
@@ -106,6 +115,12 @@ class LinearView:
 
     def logloss(self, wide: Wide) -> float:
         return float(F.binary_cross_entropy_with_logits(self.offset + self.wide_logit(wide), self.click))
+
+
+def user_element_keys(element: torch.Tensor, U: int) -> torch.Tensor:
+    """Where each shown element's user weights sit in the flattened table g: element buckets (n, M), -1 absent
+    (read as bucket 0, which the pooling weight 0 then silences) -> (n, M, U)."""
+    return element.clamp(min=0)[..., None] * U + torch.arange(U)
 
 
 @torch.no_grad()
@@ -138,25 +153,30 @@ def linear_view(model: GenCO, data: EncodedRows, rows: np.ndarray, batch_size: i
     return LinearView(**{f.name: torch.cat([getattr(v, f.name) for v in parts]) for f in fields(LinearView)})
 
 
+#: The id tables, in Wide's order and with their blocks' names.
+TABLES = ("elements", "products", "combinations", "pairs", "user x elements")
+
+
 def _used_tables(model: GenCO) -> list[tuple[torch.Tensor, bool]]:
-    """The id tables (elements, products, combinations, pairs) as vectors, and whether the model uses each."""
+    """The id tables (TABLES) as vectors (views of the model's), and whether the model uses each."""
     c, schema = model.config, model.schema
+    user_ids = model.user_id_effect
     return [(model.element_effect.weight[:, 0], c.element_ids), (model.ad_appeal.weight[:, 0], c.ad_ids),
             (model.combination_effect.weight[:, 0], c.combination_effects),
-            (model.pair_effect if model.pair_effect is not None else torch.zeros(schema.pair_buckets), model.pair_effect is not None)]
+            (model.pair_effect if model.pair_effect is not None else torch.zeros(schema.pair_buckets), model.pair_effect is not None),
+            (user_ids.view(-1) if user_ids is not None else torch.zeros(schema.id_buckets * schema.user_dim), user_ids is not None)]
 
 
 def wide_of(model: GenCO) -> Wide:
     """The model's wide part as it stands (zeros where the model does not use a table)."""
-    element, product, combination, pair = (table.detach().clone() if used else torch.zeros(len(table))
-                                           for table, used in _used_tables(model))
+    tables = (table.detach().clone() if used else torch.zeros(len(table)) for table, used in _used_tables(model))
     appeal = torch.cat([model.appeal.bias.detach(), model.appeal.weight.detach()[0]])
     feature = model.feature_effect.detach().clone() if model.config.feature_effects else torch.zeros(model.feature_effect.shape)
-    return Wide(element, product, combination, pair, feature, appeal)
+    return Wide(*tables, feature, appeal)
 
 
 def _set_wide(model: GenCO, wide: Wide) -> None:
-    for (table, used), value in zip(_used_tables(model), (wide.element, wide.product, wide.combination, wide.pair)):
+    for (table, used), value in zip(_used_tables(model), wide.tables()):
         if used:
             table.copy_(value)
     if model.config.feature_effects:
@@ -167,13 +187,15 @@ def _set_wide(model: GenCO, wide: Wide) -> None:
 
 class _Problem:
     """The regression on the ids the training rows touch: one vector x holding each table's touched ids
-    renumbered ("elements", "products", "combinations", "pairs"), then, with feature effects, W flattened ("features"
+    renumbered (TABLES), then, with feature effects, W flattened ("features"
     for its first row, "user x features" for the rest), then the appeal's bias ("bias") and weights ("context")."""
 
     def __init__(self, view: LinearView, model: GenCO):
         n = len(view.click)
         present = view.element >= 0
-        shown = (view.element[present], view.product, view.combination, view.pair[view.pair_present])  # what the rows touch
+        user = view.context[:, 1:]  # (n, U)
+        user_keys = user_element_keys(view.element, user.shape[1])  # (n, M, U)
+        shown = (view.element[present], view.product, view.combination, view.pair[view.pair_present], user_keys[present])  # what the rows touch
         self.touched = [torch.unique(ids) if used else torch.zeros(0, dtype=torch.long)
                         for ids, (_, used) in zip(shown, _used_tables(model))]
         starts = np.cumsum([0] + [len(t) for t in self.touched])
@@ -183,13 +205,15 @@ class _Problem:
         self.appeal_at = self.tabled_size + len(feature_rows)
         appeal_size = view.appeal_in.shape[1]
         self.size = self.appeal_at + appeal_size
-        self.block = np.concatenate([np.repeat(np.array(["elements", "products", "combinations", "pairs"]), [len(t) for t in self.touched]),
+        self.block = np.concatenate([np.repeat(np.array(TABLES), [len(t) for t in self.touched]),
                                      np.where(feature_rows == 0, "features", "user x features"),
                                      ["bias"] + ["context"] * (appeal_size - 1)])
-        # every row's nonzeros in the id tables (n, M + 2 + P): its M elements, its product, its combination, its P
-        # pairs; weight 0 where unused
-        keys = [view.element.clamp(min=0), view.product[:, None], view.combination[:, None], view.pair]
-        weights = [view.alpha.masked_fill(~present, 0.0), torch.ones(n, 1), view.trust[:, None], view.pair_present.double()]
+        # every row's nonzeros in the id tables (n, M + 2 + P + M U): its M elements, its product, its combination,
+        # its P pairs, its M elements' U user weights; weight 0 where unused
+        alpha = view.alpha.masked_fill(~present, 0.0)  # (n, M)
+        keys = [view.element.clamp(min=0), view.product[:, None], view.combination[:, None], view.pair, user_keys.reshape(n, -1)]
+        weights = [alpha, torch.ones(n, 1), view.trust[:, None], view.pair_present.double(),
+                   (alpha[..., None] * user[:, None, :]).reshape(n, -1)]
         self.columns = torch.cat([start + torch.searchsorted(t, key).clamp(max=len(t) - 1) if len(t) else torch.zeros_like(key)
                                   for t, key, start in zip(self.touched, keys, starts)], dim=1)
         self.weights = torch.cat([w.double() if len(t) else torch.zeros(w.shape, dtype=torch.float64)
@@ -248,7 +272,7 @@ class _Problem:
 
     def start(self, wide: Wide) -> torch.Tensor:
         """x of a wide part: the ids the rows touch, W and the appeal as they stand."""
-        parts = [table[t].double() for table, t in zip((wide.element, wide.product, wide.combination, wide.pair), self.touched)]
+        parts = [table[t].double() for table, t in zip(wide.tables(), self.touched)]
         feature = wide.feature.double().reshape(-1) if self.appeal_at > self.tabled_size else torch.zeros(0, dtype=torch.float64)
         return torch.cat([*parts, feature, wide.appeal.double()])
 
