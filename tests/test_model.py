@@ -14,7 +14,7 @@ from genco.attribution import element_attribution
 from genco.attribution import summary as attribution_summary
 from genco.checkpoint import load_model
 from genco.contract import LogRow
-from genco.data import collate, encode
+from genco.data import FeatureSchema, collate, encode
 from genco.ensemble import RewardEnsemble
 from genco.errors import GencoInputError
 from genco.evaluate import Evaluator
@@ -322,3 +322,10 @@ def test_best_of_k_policy_gradient_is_unbiased_for_the_expected_maximum():
     estimate = (advantage[..., None] * score).sum(1).mean(0)
     assert torch.allclose(estimate, exact, atol=0.01), (estimate, exact)
     assert exact.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("user_dim, expected", [(0, False), (4, True), (64, True), (65, False)])
+def test_user_id_weights_exist_only_for_a_user_vector_small_enough_to_feed_them(user_dim, expected):
+    schema = FeatureSchema(["badge", "cta"], user_dim, 0, {"badge": 0, "cta": 0}, id_buckets=64)
+    assert (GenCO(schema).user_id_effect is not None) == expected
+    assert GenCO(schema, ModelConfig(user_id_effects=False)).user_id_effect is None

@@ -52,7 +52,7 @@ class ModelConfig:
     context_attention: bool = False  # attention queries see the context (which partner matters may depend on the user)
     feature_effects: bool = True  # an exactly fitted linear term in each element's features and user x features (genco.refit)
     pair_effects: bool = True  # an exactly fitted effect per pair of element ids (MVT's pairwise terms; genco.refit)
-    user_id_effects: bool = True  # an exactly fitted user x element-id term, U weights per id (genco.refit)
+    user_id_effects: bool = True  # an exactly fitted user x element-id term, U weights per id (genco.refit), for U <= USER_ID_MAX_USER
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -168,6 +168,11 @@ class _NoFeatures(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features.new_zeros(*features.shape[:-1], self.dim)
+
+
+#: The user x element-id table holds id buckets x U weights (1 MB at U = 4): past this many user features it
+#: would cost more memory than it can be fed clicks for, and the model goes without it.
+USER_ID_MAX_USER = 64
 
 
 def shrinkage_trust(shown: torch.Tensor, shrinkage: float) -> torch.Tensor:
@@ -293,7 +298,7 @@ class GenCO(nn.Module):
         self.register_buffer("pair_effect", torch.zeros(schema.pair_buckets) if c.pair_effects and M > 1 else None)
         # A personal effect per element id, user . w[element] (the paper's context x widget terms in MVT's own form):
         # which badge suits whom, for elements known by id alone. Set by the exact fit alone, like pair_effect.
-        user_ids = c.user_id_effects and c.element_ids and U > 0
+        user_ids = c.user_id_effects and c.element_ids and 0 < U <= USER_ID_MAX_USER
         self.register_buffer("user_id_effect", torch.zeros(schema.id_buckets, U) if user_ids else None)
         # generator: cross-component attention over every candidate, and how peaked pi is per component.
         # The policy gradient can sharpen pi here instead of inflating the scores phi shares with the reward model.

@@ -11,11 +11,11 @@ thousand times. With the network frozen, the click logit of a logged combination
               + sum_{m < m'} r[pair_imm']
 
 (o: everything else the network says; u_i, z_i: user and ad features, b the appeal's linear layer;
-alpha: the MIL pooling weights; g: each element id's personal effect, `ModelConfig.user_id_effects`, the
-paper's context x widget terms for elements known by id; x_im: the shown element's features, W_m the wide
-feature term of `ModelConfig.feature_effects`; t: the combination's trust, see GenCO.bag_terms; r: the effect of each pair of
-element ids, `ModelConfig.pair_effects`, MVT's pairwise terms), so their MAP under Gaussian
-priors N(0, 1 / lambda) is a convex logistic regression. It is solved to convergence here (full-batch L-BFGS,
+alpha: the MIL pooling weights; g: each element id's weights on the user features, `ModelConfig.user_id_effects`,
+the MVT paper's context x widget terms; x_im: the shown element's features, W_m the wide feature term of
+`ModelConfig.feature_effects`; t: the combination's trust, see GenCO.bag_terms; r: the effect of each pair of
+element ids, `ModelConfig.pair_effects`, MVT's pairwise terms), so their MAP under Gaussian priors
+N(0, 1 / lambda) is a convex logistic regression. It is solved to convergence here (full-batch L-BFGS,
 diagonally preconditioned), the way MVT (Hill et al. 2017) fits its first-order terms. A Gaussian prior
 shrinks by information, not by impressions: an id seen 1,000 times with 15 clicks stays near what its features
 say, where shrinkage by impressions would trust it. The prior centre, zero, is what the network already
