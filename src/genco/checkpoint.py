@@ -37,6 +37,8 @@ VERSION = 5  # 2: id vectors and their counts; 3: the description also in the we
 #             4: the wide part's feature and pair effects (ModelConfig.feature_effects, pair_effects);
 #             5: its user x element-id effects (ModelConfig.user_id_effects)
 READABLE = (2, 3, 4, 5)
+#: The ModelConfig options each version introduced: a folder of an earlier version had them off.
+INTRODUCED = {4: ("feature_effects", "pair_effects"), 5: ("user_id_effects",)}
 
 
 def check_model_folder(directory: str | Path) -> None:
@@ -122,8 +124,7 @@ def load_model(directory: str | Path) -> tuple[GenCO | RewardEnsemble, dict[str,
     meta = {**meta, "model_version": f"{directory.resolve().name}@{hashlib.sha256(raw).hexdigest()[:12]}"}
     try:
         schema = FeatureSchema(**meta["schema"])
-        older = ({"feature_effects": False, "pair_effects": False} if meta["version"] < 4 else {}) | (
-            {"user_id_effects": False} if meta["version"] < 5 else {})  # what earlier versions did not have
+        older = {option: False for version, options in INTRODUCED.items() if meta["version"] < version for option in options}
         config = ModelConfig(**{**older, **meta["model_config"]})
         kind = meta.get("kind", "GenCO")
         if kind == "RewardEnsemble":

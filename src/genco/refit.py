@@ -76,7 +76,7 @@ class Wide:
     product: torch.Tensor  # (ad buckets,) each product's appeal
     combination: torch.Tensor  # (combination buckets,) each whole combination's effect
     pair: torch.Tensor  # (pair buckets,) each pair of element ids' effect
-    user_element: torch.Tensor  # (id buckets * U,) g, each element id's weights on the user features, flattened
+    user_element: torch.Tensor  # (id buckets * U,) g, each element id's weights on the user features, flattened (empty: unused)
     feature: torch.Tensor  # (M, 1 + U, F) W_m, zero-padded to the widest feature vector
     appeal: torch.Tensor  # (1 + U + A,) the appeal's bias, then its weights on user and ad features
 
@@ -106,7 +106,7 @@ class LinearView:
         """The wide part of every row's logit (n,)."""
         per_element = torch.einsum("nmf,mcf,nc->nm", self.features, wide.feature.to(self.features.dtype), self.context)
         user = self.context[:, 1:]  # (n, U)
-        if user.shape[1]:
+        if len(wide.user_element):
             per_element = per_element + (wide.user_element[user_element_keys(self.element, user.shape[1])] * user[:, None, :]).sum(dim=2)
         return ((self.alpha * (wide.element[self.element.clamp(min=0)] + per_element)).sum(dim=1)
                 + wide.product[self.product] + self.trust * wide.combination[self.combination]
@@ -164,7 +164,7 @@ def _used_tables(model: GenCO) -> list[tuple[torch.Tensor, bool]]:
     return [(model.element_effect.weight[:, 0], c.element_ids), (model.ad_appeal.weight[:, 0], c.ad_ids),
             (model.combination_effect.weight[:, 0], c.combination_effects),
             (model.pair_effect if model.pair_effect is not None else torch.zeros(schema.pair_buckets), model.pair_effect is not None),
-            (user_ids.view(-1) if user_ids is not None else torch.zeros(schema.id_buckets * schema.user_dim), user_ids is not None)]
+            (user_ids.view(-1) if user_ids is not None else torch.zeros(0), user_ids is not None)]  # unused: empty, not id buckets x U zeros
 
 
 def wide_of(model: GenCO) -> Wide:
@@ -193,7 +193,7 @@ class _Problem:
     def __init__(self, view: LinearView, model: GenCO):
         n = len(view.click)
         present = view.element >= 0
-        user = view.context[:, 1:]  # (n, U)
+        user = view.context[:, 1:] if model.user_id_effect is not None else view.context[:, :0]  # (n, U); (n, 0) unused
         user_keys = user_element_keys(view.element, user.shape[1])  # (n, M, U)
         shown = (view.element[present], view.product, view.combination, view.pair[view.pair_present], user_keys[present])  # what the rows touch
         self.touched = [torch.unique(ids) if used else torch.zeros(0, dtype=torch.long)
