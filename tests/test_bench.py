@@ -42,6 +42,8 @@ def test_fixed_world_keeps_the_world_and_summaries_give_mean_and_spread():
     assert summary["oracle"]["frac_of_oracle_lift_std"] == pytest.approx(0.0)
     table = bench.markdown(bench.summarise(rows))
     assert "| offline |" in table and "counting" in table
+    undefined = bench.summarise([{**row, "attention_partner_ratio": float("nan")} for row in rows])
+    assert "nan" not in bench.markdown(undefined)  # a figure with no meaning on this world is left blank
 
 
 def test_identical_fits_are_reused_within_a_run_and_relabelled(monkeypatch):

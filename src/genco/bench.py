@@ -371,8 +371,11 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
 
 
 def _mean_sd(summary: dict[str, Any], key: str, digits: int = 3) -> str:
-    """'mean ± sd' of one figure of a summary row; empty where the policy has no such figure."""
-    return f"{summary[key]:.{digits}f} ± {summary[key + '_std']:.{digits}f}" if key in summary else ""
+    """'mean ± sd' of one figure of a summary row; empty where the policy has no such figure, or where it is
+    undefined (NaN: attention on partners in a world where every pair of components interacts)."""
+    if key not in summary or np.isnan(summary[key]):
+        return ""
+    return f"{summary[key]:.{digits}f} ± {summary[key + '_std']:.{digits}f}"
 
 
 def loop_markdown(rows: Sequence[dict[str, Any]]) -> str:
