@@ -27,6 +27,7 @@ def test_train_writes_a_complete_model_folder(model_dir):
     assert {"model.safetensors", "genco.json", "history.json", "training_curve.png", "attention.png"} <= names
     meta = json.loads((model_dir / "genco.json").read_text())
     assert meta["train_config"]["rl_weight"] == 0.15 and meta["model_config"]["context_dim"] == 8
+    assert meta["train_config"]["network_judge"] == "shrink" and len(meta["metrics"]["network_weights"]) == 2
     assert 0.5 < meta["metrics"]["heldout_auc"] < 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from genco.files import load_requests, read_rows
 from genco.model import GenCO, ModelConfig, mix_uniform
 from genco.plots import attribution as attribution_plot
 from genco.select import SelectConfig, choose, refine
-from genco.train import TrainConfig, best_of_k_advantage, losses, save_trained, train
+from genco.train import (NETWORK_WEIGHTS, TrainConfig, _Epochs, best_of_k_advantage, heldout_figures, losses, new_member,
+                         save_trained, shrink_network, train)
 from genco.world import World
 from tests.conftest import run_genco
 
@@ -164,6 +166,62 @@ def test_more_starting_points_never_refine_to_a_worse_combination(batch_and_mode
             assert torch.allclose(model.reward(enc, combo[:, None, :])[0][:, 0], values[starts], atol=1e-5)
     assert (values[4] >= values[1] - 1e-6).all()
     assert (values[1] >= creative.max(dim=1).values - 1e-6).all(), "refining never loses the best sample"
+
+
+def test_the_network_scales_linearly_over_the_wide_part(batch_and_model):
+    """scale_network(w) keeps the wide part and w of the network's share of the creative logit (pooling held
+    uniform here, where the scaled share is exactly linear); w = 0 is the wide part alone."""
+    data, batch, model = batch_and_model
+    with torch.no_grad():
+        for layer in (model.phi.deep[-1], model.element_effect, model.combination_effect):
+            layer.weight.normal_(0, 0.5)
+    combos = model.greedy(model.log_pi(model.policy_scores(model.eval().encode(batch)), model.encode(batch)),
+                          model.encode(batch))[:, None, :]  # (B, 1, M)
+
+    def creative(weight: float) -> torch.Tensor:
+        scaled = copy.deepcopy(model)
+        scaled.scale_network(weight)
+        return scaled.reward(scaled.encode(batch), combos)[0]
+
+    wide, half, whole = creative(0.0), creative(0.5), creative(1.0)
+    assert not torch.allclose(wide, whole, atol=1e-3), "the network says something here"
+    assert torch.allclose(half, (wide + whole) / 2, atol=1e-5)
+    silent = copy.deepcopy(model)
+    silent.silence_network()
+    assert torch.equal(silent.reward(silent.encode(batch), combos)[0], wide)
+
+
+@pytest.mark.parametrize("judge", ["shrink", "bar", "keep"])
+def test_stage_one_keeps_the_network_at_the_weight_its_judge_says(judge):
+    """network_judge: shrink keeps a weight of the grid, bar all or nothing of the network, keep all of it."""
+    data = encode(_rows(40, seed=2))
+    result = train(data, ModelConfig(dim=8, hidden=8), TrainConfig(epochs=2, reward_models=2, rl=False, holdout=0.3,
+                                                                   network_judge=judge))
+    weights = result.summary()["network_weights"]
+    assert len(weights) == 2 and set(weights) <= set(NETWORK_WEIGHTS)
+    if judge == "bar":
+        assert set(weights) <= {0.0, 1.0}
+    if judge == "keep":
+        assert set(weights) == {1.0}
+
+
+def test_the_shrunk_network_has_the_least_held_out_log_loss_of_the_grid():
+    """shrink_network picks, and leaves in the model, the grid weight whose held-out log loss is least."""
+    data = encode(_rows(60, seed=3))
+    config = TrainConfig(holdout=0.3)
+    member = new_member(lambda: GenCO(data.schema, ModelConfig(dim=8, hidden=8)), data, config, seed=0)
+    with torch.no_grad():
+        for layer in (member.model.phi.pair, member.model.phi.element, member.model.phi.deep[-1]):
+            layer.weight.normal_(0, 1.0)
+    loop = _Epochs(data, config, [], batch_size=16)
+    losses_at = {}
+    for weight in NETWORK_WEIGHTS:
+        scaled = copy.deepcopy(member.model)
+        scaled.scale_network(weight)
+        losses_at[weight] = heldout_figures(scaled, data, member.heldout)[1]
+    chosen = shrink_network(member.model, loop, member, 0)
+    assert losses_at[chosen] == min(losses_at.values())
+    assert heldout_figures(member.model, data, member.heldout)[1] == pytest.approx(losses_at[chosen], abs=1e-7)
 
 
 def test_an_ensemble_trains_with_nothing_held_out():

@@ -52,6 +52,12 @@ class WideFitChoice(str, Enum):
     none = "none"
 
 
+class NetworkJudgeChoice(str, Enum):
+    shrink = "shrink"
+    bar = "bar"
+    keep = "keep"
+
+
 class WidePriorsChoice(str, Enum):
     heldout = "heldout"
     evidence = "evidence"
@@ -223,7 +229,8 @@ def train(
     no_feature_effects: Annotated[bool, typer.Option("--no-feature-effects", help="No exactly fitted linear term in each element's features and user x features in the wide part.")] = False,
     no_pair_effects: Annotated[bool, typer.Option("--no-pair-effects", help="No exactly fitted effect per pair of element ids in the wide part.")] = False,
     no_user_id_effects: Annotated[bool, typer.Option("--no-user-id-effects", help="No exactly fitted user x element-id weights (which element suits whom, for elements known by id) in the wide part. They are left out anyway when users have more than 64 features.")] = False,
-    wide_fit: Annotated[WideFitChoice, typer.Option(help="When the wide part (product appeal, element ids, features, pairs, combinations: a logistic regression) is fitted exactly, a MAP with priors chosen once for every reward model on their held-out rows: first (before the network, on each reward model's training rows; the network then learns what it cannot say and is kept only where that helps on held-out rows), after (the network and the wide part trained together by stochastic steps first) or none (stochastic steps only). Either way but none, training ends with the wide part solved on every row, the held-out ones too, given each network.")] = WideFitChoice.first,
+    wide_fit: Annotated[WideFitChoice, typer.Option(help="When the wide part (product appeal, element ids, features, pairs, combinations: a logistic regression) is fitted exactly, a MAP with priors chosen once for every reward model on their held-out rows: first (before the network, on each reward model's training rows; the network then learns what it cannot say, and --network-judge says how much of it is kept), after (the network and the wide part trained together by stochastic steps first) or none (stochastic steps only). Either way but none, training ends with the wide part solved on every row, the held-out ones too, given each network.")] = WideFitChoice.first,
+    network_judge: Annotated[NetworkJudgeChoice, typer.Option(help="With --wide-fit first, how much of the network each reward model keeps over its wide part: shrink (its best epoch at the weight 0, 0.25, 0.5, 0.75 or 1 whose held-out log loss is least), bar (all of it if an epoch's held-out log loss beats the wide part alone, else none) or keep (its best epoch, whatever the wide part alone scored).")] = NetworkJudgeChoice.shrink,
     wide_priors: Annotated[WidePriorsChoice, typer.Option(help="How the wide fit chooses each block's prior precision (how far element, pair and combination effects are shrunk): heldout (a grid, by the held-out log loss) or evidence (the precisions under which the training rows are most likely, lower orders first: no held-out rows needed). Either way every reward model gets the same priors.")] = WidePriorsChoice.heldout,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
@@ -254,7 +261,7 @@ def train(
     train_config = TrainConfig(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, k=k, rl_weight=rl_weight,
                                rl_epochs=rl_epochs, holdout=holdout, mil=not no_mil, rl=not no_rl,
                                reward_models=reward_models, rl_objective=rl_objective.value, wide_fit=wide_fit.value,
-                               wide_priors=wide_priors.value)
+                               wide_priors=wide_priors.value, network_judge=network_judge.value)
     limits = Limits(max_candidates=max_candidates)
     check_model_folder(out)  # before hours of training, not after
     data, report = read_logs(logs, on_bad_row=on_bad_row.value, max_candidates=limits.max_candidates)

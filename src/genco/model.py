@@ -338,12 +338,17 @@ class GenCO(nn.Module):
         self.combination_counts.copy_(torch.bincount(combos, minlength=self.schema.combination_buckets).float())
 
     @torch.no_grad()
+    def scale_network(self, weight: float) -> None:
+        """Multiply the network's part of the click logit by `weight` (phi's wide weights and the output of its
+        deep part), and pull the MIL pooling toward uniform by as much; weight 0 leaves the wide part alone."""
+        for layer in (self.phi.element, self.phi.context, self.phi.pair, self.phi.deep[-1], self.pool[-1]):
+            layer.weight.mul_(weight)
+            if layer.bias is not None:
+                layer.bias.mul_(weight)
+
     def silence_network(self) -> None:
-        """Zero the network's part of the click logit (phi's wide weights; its deep part and the MIL pooling
-        start at zero anyway), so that the model is its wide part alone: genco.train's wide start."""
-        for layer in (self.phi.element, self.phi.context, self.phi.pair):
-            layer.weight.zero_()
-        self.phi.element.bias.zero_()
+        """The model as its wide part alone (genco.train's wide start)."""
+        self.scale_network(0.0)
 
     def encode(self, batch: Batch) -> Encoded:
         context_in = torch.cat([batch.user, batch.ad], dim=1)  # (B, U + A)

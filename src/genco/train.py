@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 
 WIDE_FITS = ("first", "after", "none")
+NETWORK_JUDGES = ("shrink", "bar", "keep")
+#: The weights the network's part of the logit may be kept at, over the wide part (network_judge "shrink").
+NETWORK_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass
@@ -73,6 +76,9 @@ class TrainConfig:
     rl: bool = True
     wide_fit: str = "first"  # the wide part's exact MAP (genco.refit): "first" (before stage 1, and at the end on
     # every row given the network), "after" (at the end only) or "none"
+    network_judge: str = "shrink"  # with the wide part first, how much of the network stage 1 keeps: "shrink" (its
+    # best epoch at the weight in NETWORK_WEIGHTS with the least held-out log loss), "bar" (all of it if an epoch
+    # beats the wide part alone, else none) or "keep" (its best epoch whatever)
     wide_priors: str = "heldout"  # how the wide fit chooses its prior precisions: "heldout" (a grid, by held-out log
     # loss) or "evidence" (type-II maximum likelihood on the training rows); genco.refit
     reward_models: int = bounded(3, ge=1, le=32)  # an ensemble: the served argmax is their mean's (see genco.ensemble)
@@ -85,6 +91,8 @@ class TrainConfig:
             raise OptionError("rl_objective", "'best-of-k' or 'mean'", self.rl_objective)
         if self.wide_fit not in WIDE_FITS:
             raise OptionError("wide_fit", " or ".join(repr(w) for w in WIDE_FITS), self.wide_fit)
+        if self.network_judge not in NETWORK_JUDGES:
+            raise OptionError("network_judge", " or ".join(repr(j) for j in NETWORK_JUDGES), self.network_judge)
         if self.wide_priors not in PRIORS:
             raise OptionError("wide_priors", " or ".join(repr(p) for p in PRIORS), self.wide_priors)
 
@@ -120,6 +128,7 @@ class TrainResult:
     impressions: int = 0
     judgement: dict[str, Any] = field(default_factory=dict)  # what the held-out figures were measured on (see `judgement`)
     wide_priors: dict[str, float] = field(default_factory=dict)  # the wide part's prior precisions (genco.refit), every member's
+    network_weights: list[float] = field(default_factory=list)  # per member, the network's weight over the wide part
 
     @property
     def best(self) -> EpochRecord:
@@ -137,6 +146,7 @@ class TrainResult:
             "impressions": self.impressions,
             "impressions_per_second": self.impressions * len(self.trained_epochs) / max(self.seconds, 1e-9),
             "wide_priors": self.wide_priors,
+            "network_weights": self.network_weights,
             **self.judgement,
         }
 
@@ -412,10 +422,10 @@ def fit_wide_starts(members: list[_Member], loop: _Epochs) -> tuple[dict[str, fl
     return precisions, starts
 
 
-def fit_reward_model(member: _Member, loop: _Epochs, index: int, wide_start: tuple[float, dict | None]) -> int:
+def fit_reward_model(member: _Member, loop: _Epochs, index: int, wide_start: tuple[float, dict | None]) -> tuple[int, float]:
     """Stage 1 for one reward model (L_comb + L_elem) on its own split, in place: the model keeps its best
-    weights; returns the kept epoch. wide_start: the held-out log loss an epoch must beat, and the state kept
-    if none does (fit_wide_starts; inf and None without it).
+    weights; returns the kept epoch and the weight its network is kept at (TrainConfig.network_judge).
+    wide_start: the wide part alone, its held-out log loss and state (fit_wide_starts; inf and None without it).
 
     The learning rate is cut on plateaus, and an exponential moving average of the weights is what gets
     judged and kept: with a few clicks per element the last step's weights are noisy, the average much less
@@ -463,15 +473,42 @@ def fit_reward_model(member: _Member, loop: _Epochs, index: int, wide_start: tup
                     a.lerp_(p, 1 - decay)
         return {k: v.detach() for k, v in terms.items()}
 
+    bar = wide_score if config.network_judge == "bar" else float("inf")
     best_state, best_epoch = loop.run(model, "reward", index, rows, heldout, step, optimizer, config.epochs, seed,
-                                      best_score=wide_score, judge=averaged)
+                                      best_score=bar, judge=averaged)
     if best_state is None:  # no epoch beat the wide part alone: the network stays silent
         best_state = wide_state
     if best_state is None:  # every epoch's held-out log loss was NaN: the weights diverged
         raise GencoInputError(f"reward model {index + 1}: training diverged (held-out log loss NaN in every epoch); "
                               f"lower --lr (now {config.lr:g})")
     model.load_state_dict(best_state)
-    return best_epoch
+    if best_epoch == 0:  # the wide part alone
+        return 0, 0.0
+    if config.network_judge == "shrink" and wide_state is not None:
+        return best_epoch, shrink_network(model, loop, member, index)
+    return best_epoch, 1.0
+
+
+def shrink_network(model: GenCO, loop: _Epochs, member: _Member, index: int) -> float:
+    """Scale the network's part of the logit over the wide part (GenCO.scale_network) to the weight in
+    NETWORK_WEIGHTS whose held-out log loss is least, in place; returns it.
+
+    Between the wide part alone (0) and the network's best epoch (1): a network whose interactions are real
+    but noisy at this log size is kept in part, where keeping all or nothing of it must pick one of two
+    wrong answers (at interaction 2 the best epoch's log loss trails the wide part's, though it chooses far
+    better; on small logs all of it would overfit)."""
+    kept = copy.deepcopy(model.state_dict())
+    scores = []
+    for weight in NETWORK_WEIGHTS:
+        model.load_state_dict(kept)
+        model.scale_network(weight)
+        scores.append(heldout_figures(model, loop.data, member.heldout)[1])
+    best = int(np.nanargmin(scores))
+    model.load_state_dict(kept)
+    model.scale_network(NETWORK_WEIGHTS[best])
+    console.note(f"reward {index + 1}: network kept at weight {NETWORK_WEIGHTS[best]:g} over the wide part "
+                 f"(held-out log loss " + ", ".join(f"{w:g}: {s:.5f}" for w, s in zip(NETWORK_WEIGHTS, scores)) + ")")
+    return NETWORK_WEIGHTS[best]
 
 
 def finish_wide(members: list[_Member], loop: _Epochs, precisions: dict[str, float] | None) -> dict[str, float]:
@@ -512,13 +549,13 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
     precisions, starts = None, [(float("inf"), None)] * len(members)
     if config.wide_fit == "first":
         precisions, starts = fit_wide_starts(members, loop)
-    kept = [fit_reward_model(m, loop, i, start) for i, (m, start) in enumerate(zip(members, starts))]
+    kept, weights = zip(*[fit_reward_model(m, loop, i, start) for i, (m, start) in enumerate(zip(members, starts))])
     if config.wide_fit != "none":
         precisions = finish_wide(members, loop, precisions)
     models = [m.model for m in members]
     model = models[0] if len(models) == 1 else RewardEnsemble(models)
     result = TrainResult(model=model, history=history, best_epoch=kept[0], impressions=len(train_rows),
-                         judgement=judgement(data, config), wide_priors=precisions or {})
+                         judgement=judgement(data, config), wide_priors=precisions or {}, network_weights=list(weights))
 
     if config.rl and config.rl_epochs > 0:  # stage 2
         train_generator(model, data, config, history)
