@@ -219,7 +219,7 @@ def test_the_shrunk_network_has_the_least_held_out_log_loss_of_the_grid():
         scaled = copy.deepcopy(member.model)
         scaled.scale_network(weight)
         losses_at[weight] = heldout_figures(scaled, data, member.heldout)[1]
-    chosen = shrink_network(member.model, loop, member, 0)
+    chosen = shrink_network(member, loop, 0)
     assert losses_at[chosen] == min(losses_at.values())
     assert heldout_figures(member.model, data, member.heldout)[1] == pytest.approx(losses_at[chosen], abs=1e-7)
 

@@ -485,11 +485,11 @@ def fit_reward_model(member: _Member, loop: _Epochs, index: int, wide_start: tup
     if best_epoch == 0:  # the wide part alone
         return 0, 0.0
     if config.network_judge == "shrink" and wide_state is not None:
-        return best_epoch, shrink_network(model, loop, member, index)
+        return best_epoch, shrink_network(member, loop, index)
     return best_epoch, 1.0
 
 
-def shrink_network(model: GenCO, loop: _Epochs, member: _Member, index: int) -> float:
+def shrink_network(member: _Member, loop: _Epochs, index: int) -> float:
     """Scale the network's part of the logit over the wide part (GenCO.scale_network) to the weight in
     NETWORK_WEIGHTS whose held-out log loss is least, in place; returns it.
 
@@ -497,6 +497,7 @@ def shrink_network(model: GenCO, loop: _Epochs, member: _Member, index: int) -> 
     but noisy at this log size is kept in part, where keeping all or nothing of it must pick one of two
     wrong answers (at interaction 2 the best epoch's log loss trails the wide part's, though it chooses far
     better; on small logs all of it would overfit)."""
+    model = member.model
     kept = copy.deepcopy(model.state_dict())
     scores = []
     for weight in NETWORK_WEIGHTS:
