@@ -23,7 +23,7 @@ from genco.files import load_requests, read_rows
 from genco.model import GenCO, ModelConfig, mix_uniform
 from genco.plots import attribution as attribution_plot
 from genco.select import SelectConfig, choose, refine
-from genco.train import (NETWORK_WEIGHTS, TrainConfig, _Epochs, best_of_k_advantage, heldout_figures, losses, new_member,
+from genco.train import (NETWORK_WEIGHTS, TrainConfig, best_of_k_advantage, heldout_figures, losses, new_member,
                          save_trained, shrink_network, train)
 from genco.world import World
 from tests.conftest import run_genco
@@ -213,13 +213,12 @@ def test_the_shrunk_network_has_the_least_held_out_log_loss_of_the_grid():
     with torch.no_grad():
         for layer in (member.model.phi.pair, member.model.phi.element, member.model.phi.deep[-1]):
             layer.weight.normal_(0, 1.0)
-    loop = _Epochs(data, config, [], batch_size=16)
     losses_at = {}
     for weight in NETWORK_WEIGHTS:
         scaled = copy.deepcopy(member.model)
         scaled.scale_network(weight)
         losses_at[weight] = heldout_figures(scaled, data, member.heldout)[1]
-    chosen = shrink_network(member, loop, 0)
+    chosen = shrink_network(member, data, 0)
     assert losses_at[chosen] == min(losses_at.values())
     assert heldout_figures(member.model, data, member.heldout)[1] == pytest.approx(losses_at[chosen], abs=1e-7)
 

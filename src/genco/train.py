@@ -485,11 +485,11 @@ def fit_reward_model(member: _Member, loop: _Epochs, index: int, wide_start: tup
     if best_epoch == 0:  # the wide part alone
         return 0, 0.0
     if config.network_judge == "shrink" and wide_state is not None:
-        return best_epoch, shrink_network(member, loop, index)
+        return best_epoch, shrink_network(member, loop.data, index)
     return best_epoch, 1.0
 
 
-def shrink_network(member: _Member, loop: _Epochs, index: int) -> float:
+def shrink_network(member: _Member, data: EncodedRows, index: int) -> float:
     """Scale the network's part of the logit over the wide part (GenCO.scale_network) to the weight in
     NETWORK_WEIGHTS whose held-out log loss is least, in place; returns it.
 
@@ -503,7 +503,7 @@ def shrink_network(member: _Member, loop: _Epochs, index: int) -> float:
     for weight in NETWORK_WEIGHTS:
         model.load_state_dict(kept)
         model.scale_network(weight)
-        scores.append(heldout_figures(model, loop.data, member.heldout)[1])
+        scores.append(heldout_figures(model, data, member.heldout)[1])
     best = int(np.nanargmin(scores))
     model.load_state_dict(kept)
     model.scale_network(NETWORK_WEIGHTS[best])
