@@ -22,6 +22,7 @@ from genco.evaluate import Evaluator
 from genco.files import load_requests, read_rows
 from genco.model import GenCO, ModelConfig, mix_uniform
 from genco.plots import attribution as attribution_plot
+from genco.refit import solve_wide
 from genco.select import SelectConfig, choose, refine
 from genco.train import (NETWORK_WEIGHTS, TrainConfig, best_of_k_advantage, heldout_figures, losses, new_member,
                          save_trained, shrink_network, train)
@@ -191,12 +192,13 @@ def test_the_network_scales_linearly_over_the_wide_part(batch_and_model):
     assert torch.equal(silent.reward(silent.encode(batch), combos)[0], wide)
 
 
-@pytest.mark.parametrize("judge", ["shrink", "bar", "keep"])
-def test_stage_one_keeps_the_network_at_the_weight_its_judge_says(judge):
+@pytest.mark.parametrize("judge, wide_fit", [("shrink", "first"), ("bar", "first"), ("keep", "first"),
+                                             ("shrink", "after"), ("keep", "after")])
+def test_stage_one_keeps_the_network_at_the_weight_its_judge_says(judge, wide_fit):
     """network_judge: shrink keeps a weight of the grid, bar all or nothing of the network, keep all of it."""
     data = encode(_rows(40, seed=2))
     result = train(data, ModelConfig(dim=8, hidden=8), TrainConfig(epochs=2, reward_models=2, rl=False, holdout=0.3,
-                                                                   network_judge=judge))
+                                                                   network_judge=judge, wide_fit=wide_fit))
     weights = result.summary()["network_weights"]
     assert len(weights) == 2 and set(weights) <= set(NETWORK_WEIGHTS)
     if judge == "bar":
@@ -205,20 +207,28 @@ def test_stage_one_keeps_the_network_at_the_weight_its_judge_says(judge):
         assert set(weights) == {1.0}
 
 
-def test_the_shrunk_network_has_the_least_held_out_log_loss_of_the_grid():
-    """shrink_network picks, and leaves in the model, the grid weight whose held-out log loss is least."""
+@pytest.mark.parametrize("refit", [False, True])
+def test_the_shrunk_network_has_the_least_held_out_log_loss_of_the_grid(refit):
+    """shrink_network picks, and leaves in the model, the grid weight whose held-out log loss is least; given
+    priors (a network trained together with its wide part), the wide part solved again at each weight."""
     data = encode(_rows(60, seed=3))
     config = TrainConfig(holdout=0.3)
     member = new_member(lambda: GenCO(data.schema, ModelConfig(dim=8, hidden=8)), data, config, seed=0)
     with torch.no_grad():
         for layer in (member.model.phi.pair, member.model.phi.element, member.model.phi.deep[-1]):
             layer.weight.normal_(0, 1.0)
-    losses_at = {}
+    precisions = {"elements": 3.0} if refit else None
+    losses_at, plain = {}, {}
     for weight in NETWORK_WEIGHTS:
         scaled = copy.deepcopy(member.model)
         scaled.scale_network(weight)
+        plain[weight] = heldout_figures(scaled, data, member.heldout)[1]
+        if refit:
+            solve_wide(scaled, data, member.rows, precisions)
         losses_at[weight] = heldout_figures(scaled, data, member.heldout)[1]
-    chosen = shrink_network(member, data, 0)
+    if refit:
+        assert all(abs(losses_at[w] - plain[w]) > 1e-6 for w in NETWORK_WEIGHTS), "the wide part was solved again"
+    chosen = shrink_network(member, data, 0, precisions)
     assert losses_at[chosen] == min(losses_at.values())
     assert heldout_figures(member.model, data, member.heldout)[1] == pytest.approx(losses_at[chosen], abs=1e-7)
 

@@ -76,9 +76,10 @@ class TrainConfig:
     rl: bool = True
     wide_fit: str = "first"  # the wide part's exact MAP (genco.refit): "first" (before stage 1, and at the end on
     # every row given the network), "after" (at the end only) or "none"
-    network_judge: str = "shrink"  # with the wide part first, how much of the network stage 1 keeps: "shrink" (its
-    # best epoch at the weight in NETWORK_WEIGHTS with the least held-out log loss), "bar" (all of it if an epoch
-    # beats the wide part alone, else none) or "keep" (its best epoch whatever)
+    network_judge: str = "shrink"  # how much of the network stage 1 keeps over the wide part: "shrink" (its best
+    # epoch at the weight in NETWORK_WEIGHTS with the least held-out log loss; with wide_fit "after" the wide part is
+    # solved again at each weight), "bar" (wide part first: all of it if an epoch beats the wide part alone, else
+    # none) or "keep" (its best epoch whatever); with wide_fit "none" the whole best epoch
     wide_priors: str = "heldout"  # how the wide fit chooses its prior precisions: "heldout" (a grid, by held-out log
     # loss) or "evidence" (type-II maximum likelihood on the training rows); genco.refit
     reward_models: int = bounded(3, ge=1, le=32)  # an ensemble: the served argmax is their mean's (see genco.ensemble)
@@ -489,9 +490,12 @@ def fit_reward_model(member: _Member, loop: _Epochs, index: int, wide_start: tup
     return best_epoch, 1.0
 
 
-def shrink_network(member: _Member, data: EncodedRows, index: int) -> float:
+def shrink_network(member: _Member, data: EncodedRows, index: int, precisions: dict[str, float] | None = None) -> float:
     """Scale the network's part of the logit over the wide part (GenCO.scale_network) to the weight in
-    NETWORK_WEIGHTS whose held-out log loss is least, in place; returns it.
+    NETWORK_WEIGHTS whose held-out log loss is least, in place; returns it. With `precisions` (the wide part
+    not fitted first) the wide part is solved again on the member's training rows at each weight, given the
+    network at that weight: a network trained together with the wide part holds first-order effects the wide
+    part must take back as the network is scaled down.
 
     Between the wide part alone (0) and the network's best epoch (1): a network whose interactions are real
     but noisy at this log size is kept in part, where keeping all or nothing of it must pick one of two
@@ -499,30 +503,33 @@ def shrink_network(member: _Member, data: EncodedRows, index: int) -> float:
     better; on small logs all of it would overfit)."""
     model = member.model
     kept = copy.deepcopy(model.state_dict())
+
+    def scale_and_refit(weight: float) -> None:
+        model.scale_network(weight)
+        if precisions is not None:
+            solve_wide(model, data, member.rows, precisions)
+
     scores = []
     for weight in NETWORK_WEIGHTS:
         model.load_state_dict(kept)
-        model.scale_network(weight)
+        scale_and_refit(weight)
         scores.append(heldout_figures(model, data, member.heldout)[1])
     best = int(np.nanargmin(scores))
     model.load_state_dict(kept)
-    model.scale_network(NETWORK_WEIGHTS[best])
+    scale_and_refit(NETWORK_WEIGHTS[best])
     console.note(f"reward {index + 1}: network kept at weight {NETWORK_WEIGHTS[best]:g} over the wide part "
                  f"(held-out log loss " + ", ".join(f"{w:g}: {s:.5f}" for w, s in zip(NETWORK_WEIGHTS, scores)) + ")")
     return NETWORK_WEIGHTS[best]
 
 
-def finish_wide(members: list[_Member], loop: _Epochs, precisions: dict[str, float] | None) -> dict[str, float]:
+def finish_wide(members: list[_Member], loop: _Epochs, precisions: dict[str, float]) -> None:
     """After stage 1: every member's wide part solved exactly on every row, given its network, under the priors
-    chosen before it (chosen now, given the networks, when the wide part was not fitted first). The held-out rows
-    have judged the priors and the network by now; their clicks are then data the wide part should have."""
-    if precisions is None:
-        precisions = member_priors(members, loop, "given the network")
+    chosen for it. The held-out rows have judged the priors and the network by now; their clicks are then data
+    the wide part should have."""
     every_row = np.arange(len(loop.data))
     for m in members:
         solve_wide(m.model, loop.data, every_row, precisions)
     console.note(f"wide part solved on all {len(every_row)} rows given each network")
-    return precisions
 
 
 def train(data: EncodedRows, model_config: ModelConfig | None = None, config: TrainConfig | None = None,
@@ -551,8 +558,12 @@ def train(data: EncodedRows, model_config: ModelConfig | None = None, config: Tr
     if config.wide_fit == "first":
         precisions, starts = fit_wide_starts(members, loop)
     kept, weights = zip(*[fit_reward_model(m, loop, i, start) for i, (m, start) in enumerate(zip(members, starts))])
+    if config.wide_fit == "after":
+        precisions = member_priors(members, loop, "given the network")
+        if config.network_judge == "shrink":
+            weights = tuple(shrink_network(m, data, i, precisions) for i, m in enumerate(members))
     if config.wide_fit != "none":
-        precisions = finish_wide(members, loop, precisions)
+        finish_wide(members, loop, precisions)
     models = [m.model for m in members]
     model = models[0] if len(models) == 1 else RewardEnsemble(models)
     result = TrainResult(model=model, history=history, best_epoch=kept[0], impressions=len(train_rows),
