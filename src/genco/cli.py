@@ -235,7 +235,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
     k: Annotated[int, typer.Option("--k", help=f"Combinations sampled per context for the policy gradient (2 to {MAX_K}); each is credited with what it adds to the best of the K.")] = 16,
-    rl_epochs: Annotated[int, typer.Option(help="Generator (policy-gradient) epochs after the reward model.")] = 1,
+    rl_epochs: Annotated[int, typer.Option(help="Generator (policy-gradient) epochs after the reward model; the epoch whose held-out best-of-K reward is highest is kept.")] = 3,
     reward_models: Annotated[int, typer.Option(help="Reward models in the ensemble, each trained apart (seed, split); the served argmax is their mean's. 1: a single model.")] = 3,
     rl_weight: Annotated[float, typer.Option(help="lambda, the weight of the policy-gradient term.")] = 0.15,
     rl_objective: Annotated[RLObjectiveChoice, typer.Option(help="What the policy gradient maximises: best-of-k, the best of the K samples (what serving answers); mean, their mean reward with the mean of the K as baseline (the paper's; the policy collapses onto one combination).")] = RLObjectiveChoice.best_of_k,

@@ -68,8 +68,8 @@ class TrainConfig:
     holdout: float = bounded(0.1, ge=0, lt=1)  # share of logs held out for AUC / log loss and early stopping
     seed: int = seed_field()
     k: int = bounded(16, ge=2, le=MAX_K)  # combinations sampled per context for the policy gradient (it compares them)
-    rl_epochs: int = bounded(1, ge=0, le=10_000)  # generator epochs (policy gradient) after the reward model; a second changed nothing
-    rl_lr: float = bounded(3e-3, gt=0, le=10)
+    rl_epochs: int = bounded(3, ge=0, le=10_000)  # generator epochs (policy gradient) after the reward model, the best kept
+    rl_lr: float = bounded(1e-2, gt=0, le=10)
     rl_weight: float = bounded(0.15, ge=0, le=1000)  # lambda
     mil_weight: float = bounded(1.0, ge=0, le=1000)
     mil: bool = True
