@@ -503,20 +503,18 @@ def shrink_network(member: _Member, data: EncodedRows, index: int, precisions: d
     better; on small logs all of it would overfit)."""
     model = member.model
     kept = copy.deepcopy(model.state_dict())
-
-    def scale_and_refit(weight: float) -> None:
+    scores, best_score, best_state = [], float("inf"), None
+    for weight in NETWORK_WEIGHTS:
+        model.load_state_dict(kept)
         model.scale_network(weight)
         if precisions is not None:
             solve_wide(model, data, member.rows, precisions)
-
-    scores = []
-    for weight in NETWORK_WEIGHTS:
-        model.load_state_dict(kept)
-        scale_and_refit(weight)
-        scores.append(heldout_figures(model, data, member.heldout)[1])
+        score = heldout_figures(model, data, member.heldout)[1]
+        scores.append(score)
+        if not np.isnan(score) and (best_state is None or score < best_score):
+            best_score, best_state = score, copy.deepcopy(model.state_dict())  # the best weight's solve is not run again
     best = int(np.nanargmin(scores))
-    model.load_state_dict(kept)
-    scale_and_refit(NETWORK_WEIGHTS[best])
+    model.load_state_dict(best_state)
     console.note(f"reward {index + 1}: network kept at weight {NETWORK_WEIGHTS[best]:g} over the wide part "
                  f"(held-out log loss " + ", ".join(f"{w:g}: {s:.5f}" for w, s in zip(NETWORK_WEIGHTS, scores)) + ")")
     return NETWORK_WEIGHTS[best]
