@@ -389,7 +389,7 @@ def export(
 ) -> None:
     """Export the model's greedy program to ONNX, for ad servers that are not Python (inputs and outputs: README, *Serving*)."""
     from genco.checkpoint import load_model
-    from genco.export import export_onnx
+    from genco.export import export_onnx, optimized
     from genco.files import atomic_write_bytes
     from genco.lean import LeanGreedy
 
@@ -398,7 +398,7 @@ def export(
     if not LeanGreedy.supports(loaded):
         raise GencoInputError(f"--model {model}: a variant with a generator of its own ({type(loaded).__name__}); only GenCO's exports")
     with console.progress("exporting", None):
-        atomic_write_bytes(onnx, export_onnx(loaded))
+        atomic_write_bytes(onnx, optimized(export_onnx(loaded)))
     note(f"wrote {onnx} ({meta['model_version']})")
 
 
