@@ -224,3 +224,27 @@ def test_no_torch_warnings_with_empty_user_and_features(tiny_world, tmp_path):
     for mode in ("--greedy", "--explore"):
         result = run_genco("select", "--model", tmp_path / "m", "--requests", requests, "--out", tmp_path / "s.jsonl", mode, "--quiet")
         assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_train_option_defaults_are_the_configs_defaults():
+    """`genco train` states its defaults in its signature (for --help); they must be what the Python API trains
+    with, so that a model trained by either is the same model."""
+    import inspect
+    from dataclasses import fields
+
+    from genco.cli import train
+
+    options = {name: parameter.default for name, parameter in inspect.signature(train).parameters.items()}
+    checked = 0
+    for config in (TrainConfig(), ModelConfig()):
+        for field in fields(config):
+            wanted, flag = getattr(config, field.name), f"no_{field.name}"  # --no-attention sets attention=False
+            if flag in options:
+                assert options[flag] is (not wanted), (flag, wanted)
+            elif field.name in options:
+                given = options[field.name]
+                assert getattr(given, "value", given) == wanted, (field.name, given, wanted)
+            else:
+                continue
+            checked += 1
+    assert checked >= 20, checked
