@@ -3,6 +3,8 @@
     python benchmarks/serving.py             # quality at 200,000 impressions (seed-1 world), latency on 6 x 15 pools
     python benchmarks/serving.py --quick     # 4,000 impressions, one reward model, batches of 32: for CI
     python benchmarks/serving.py --quick --batch 256
+    python benchmarks/serving.py --programs-only --latency-impressions 4000   # the lean program's rows alone
+    PYTHONPATH=../other-checkout/src python benchmarks/serving.py --programs-only ...   # the same for another version
 
 Quality: GenCO (the default ensemble) is trained once on the seed-1 world's random-exposure logs; each mode's
 greedy selections for 1,000 fresh requests are scored on the world (share of the oracle's CTR lift), with
@@ -98,55 +100,8 @@ def program_figures(program, program_batch, data, k: int, calls: int, rounds: in
                    prefix="program_")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--impressions", type=int, default=200_000, help="logs of the quality measurement")
-    parser.add_argument("--batch", type=int, default=None, help="throughput batch (default 256; quick 32)")
-    parser.add_argument("--latency-impressions", type=int, default=20_000, help="logs the latency models are fitted on")
-    args = parser.parse_args()
-    quick = args.quick
-    impressions, latency_impressions = (4_000, 4_000) if quick else (args.impressions, args.latency_impressions)
-    options = {"epochs": 1, "reward_models": 1, "rl_epochs": 1} if quick else {}
-    calls, rounds, batch_size = (20, 1, 32) if quick else (500, 10, 256)
-    batch_size = args.batch or batch_size
-    console.set_quiet(True)
-
-    world, logs, request_rows = simulate_in_memory(WorldConfig(seed=1, impressions=impressions, requests=1000))
-    requests = encode(request_rows, logs.schema)
-    evaluator = Evaluator(world, request_rows)
-    genco = make_policy("genco", seed=1, **options).fit(logs)
-    search = None
-    for mode in MODES:
-        chosen = choose(genco.model, requests, greedy=True, config=SelectConfig(mode=mode))
-        share = evaluator.score(chosen.selections)["frac_of_oracle_lift"]
-        search = share if mode == "search" else search
-        print(json.dumps({"measure": "quality", "mode": mode, "impressions": impressions,
-                          "frac_of_oracle_lift": round(share, 4), "loss_vs_search": round(search - share, 4)}), flush=True)
-
-    if quick:  # the quality model serves for the latency too
-        latency_logs, latency_rows, model = logs, request_rows[:300], genco.model
-    else:
-        _, latency_logs, latency_rows = simulate_in_memory(WorldConfig(seed=2, impressions=latency_impressions, requests=300))
-        model = make_policy("genco", seed=1).fit(latency_logs).model
-    pools = full_pools(latency_rows, 15, np.random.default_rng(0))
-    rows = {}
-    data = encode(pools, model.schema)
-    for mode in MODES:
-        config = SelectConfig(mode=mode)
-        rows[f"genco {mode} full model"] = latency_figures(
-            lambda batch: select_requests(model, batch, greedy=True, config=config), pools, calls, rounds, batch_size)
-        if mode == "search":
-            continue
-        k = 0 if mode == "argmax" else config.k
-        lean = greedy_program(model, mode, "torch")
-        onnx_bytes = export_onnx(lean)
-        runtimes = {"lean torch": (lean, lean), "onnx": (OnnxGreedy(onnx_bytes, threads=1), OnnxGreedy(onnx_bytes, threads=2))}
-        for runtime, (program, program_batch) in runtimes.items():
-            rows[f"genco {mode} {runtime}"] = latency_figures(
-                lambda batch: select_requests(model, batch, greedy=True, config=config, program=program), pools, calls, rounds,
-                batch_size, answer_batch=lambda batch: select_requests(model, batch, greedy=True, config=config, program=program_batch)
-            ) | program_figures(program, program_batch, data, k, calls, rounds, batch_size)
+def peers(rows: dict, latency_logs, pools: list[Request], options: dict, calls: int, rounds: int, batch_size: int) -> None:
+    """The autoregressive variant's search, MVT's choose and (when installed) VW's slates predict, into rows."""
     autoregressive = make_policy("genco-autoregressive", seed=1, **options).fit(latency_logs).model
     rows["genco-autoregressive search"] = latency_figures(
         lambda batch: select_requests(autoregressive, batch, greedy=True, config=SelectConfig(mode="search")), pools, calls, rounds,
@@ -158,6 +113,70 @@ def main() -> None:
             continue
         rows[name] = latency_figures(lambda batch: peer.choose(encode(batch, latency_logs.schema), greedy=True), pools,
                                      calls, rounds, batch_size)
+
+
+def quality(impressions: int, options: dict):
+    """Each mode's share of the oracle's lift on the seed-1 world, and its loss against the search; -> the logs,
+    requests and model it fitted."""
+    world, logs, request_rows = simulate_in_memory(WorldConfig(seed=1, impressions=impressions, requests=1000))
+    requests = encode(request_rows, logs.schema)
+    evaluator = Evaluator(world, request_rows)
+    genco = make_policy("genco", seed=1, **options).fit(logs)
+    search = None
+    for mode in MODES:
+        chosen = choose(genco.model, requests, greedy=True, config=SelectConfig(mode=mode))
+        share = evaluator.score(chosen.selections)["frac_of_oracle_lift"]
+        search = share if mode == "search" else search
+        print(json.dumps({"measure": "quality", "mode": mode, "impressions": impressions,
+                          "frac_of_oracle_lift": round(share, 4), "loss_vs_search": round(search - share, 4)}), flush=True)
+    return logs, request_rows, genco.model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--impressions", type=int, default=200_000, help="logs of the quality measurement")
+    parser.add_argument("--batch", type=int, default=None, help="throughput batch (default 256; quick 32)")
+    parser.add_argument("--latency-impressions", type=int, default=20_000, help="logs the latency models are fitted on")
+    parser.add_argument("--programs-only", action="store_true",
+                        help="no quality run, no full model, no peers: the lean program's rows alone (an A/B of two versions)")
+    args = parser.parse_args()
+    quick = args.quick
+    impressions, latency_impressions = (4_000, 4_000) if quick else (args.impressions, args.latency_impressions)
+    options = {"epochs": 1, "reward_models": 1, "rl_epochs": 1} if quick else {}
+    calls, rounds, batch_size = (20, 1, 32) if quick else (500, 10, 256)
+    batch_size = args.batch or batch_size
+    console.set_quiet(True)
+
+    if quick and not args.programs_only:  # the quality model serves for the latency too
+        latency_logs, latency_rows, model = quality(impressions, options)
+        latency_rows = latency_rows[:300]
+    else:
+        if not args.programs_only:
+            quality(impressions, options)
+        _, latency_logs, latency_rows = simulate_in_memory(WorldConfig(seed=2, impressions=latency_impressions, requests=300))
+        model = make_policy("genco", seed=1).fit(latency_logs).model
+    pools = full_pools(latency_rows, 15, np.random.default_rng(0))
+    rows = {}
+    data = encode(pools, model.schema)
+    for mode in MODES:
+        config = SelectConfig(mode=mode)
+        if not args.programs_only:
+            rows[f"genco {mode} full model"] = latency_figures(
+                lambda batch: select_requests(model, batch, greedy=True, config=config), pools, calls, rounds, batch_size)
+        if mode == "search":
+            continue
+        k = 0 if mode == "argmax" else config.k
+        lean = greedy_program(model, mode, "torch")
+        onnx_bytes = export_onnx(lean)
+        runtimes = {"lean torch": (lean, lean), "onnx": (OnnxGreedy(onnx_bytes, threads=1), OnnxGreedy(onnx_bytes, threads=2))}
+        for runtime, (program, program_batch) in runtimes.items():
+            rows[f"genco {mode} {runtime}"] = latency_figures(
+                lambda batch: select_requests(model, batch, greedy=True, config=config, program=program), pools, calls, rounds,
+                batch_size, answer_batch=lambda batch: select_requests(model, batch, greedy=True, config=config, program=program_batch)
+            ) | program_figures(program, program_batch, data, k, calls, rounds, batch_size)
+    if not args.programs_only:
+        peers(rows, latency_logs, pools, options, calls, rounds, batch_size)
     default = f"genco {SelectConfig.mode} {'onnx' if onnx_available() else 'lean torch'}"  # what genco serve runs
     reference, throughput = rows[default], f"batch{batch_size}_requests_per_s"
     for name, measured in rows.items():
