@@ -148,12 +148,11 @@ def main() -> None:
     batch_size = args.batch or batch_size
     console.set_quiet(True)
 
-    if quick and not args.programs_only:  # the quality model serves for the latency too
-        latency_logs, latency_rows, model = quality(impressions, options)
+    fitted = None if args.programs_only else quality(impressions, options)
+    if quick and fitted:  # the quality model serves for the latency too
+        latency_logs, latency_rows, model = fitted
         latency_rows = latency_rows[:300]
     else:
-        if not args.programs_only:
-            quality(impressions, options)
         _, latency_logs, latency_rows = simulate_in_memory(WorldConfig(seed=2, impressions=latency_impressions, requests=300))
         model = make_policy("genco", seed=1).fit(latency_logs).model
     pools = full_pools(latency_rows, 15, np.random.default_rng(0))
