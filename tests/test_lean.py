@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from genco.checkpoint import load_model
 from genco.contract import LogRow, Request
-from genco.data import encode
+from genco.data import collate, encode
 from genco.ensemble import RewardEnsemble
 from genco.export import OnnxGreedy, onnx_program
 from genco.files import load_requests
-from genco.lean import LeanGreedy, every_combination, greedy_program
+from genco.lean import LeanGreedy, every_combination, greedy_program, grid_inputs, subnormals_flushed
 from genco.model import GenCO, ModelConfig
 from genco.select import SelectConfig, choose
 from tests.test_files import log_rows
@@ -165,3 +165,16 @@ def test_exported_graphs_are_cached_by_layout(edge_model_and_onnx, tmp_path, mon
     cached[0].write_bytes(b"not a graph")
     assert_same_answers(model, data, onnx_program(LeanGreedy(model), threads=1), SelectConfig(k=16, batch_size=64))
     assert len(exports) == 2 and cached[0].read_bytes() == onnx.onnx_model, "the damaged file is replaced by a fresh export"
+
+
+def test_programs_flush_subnormals_only_while_they_run(edge_model_and_onnx):
+    """The programs compute with subnormal floats flushed to zero (fast attention softmaxes), a mode of the
+    thread: once they return, and once a session is built, the caller's arithmetic has its subnormals back."""
+    model, data, onnx = edge_model_and_onnx
+    tiny = np.array([1e-45], dtype=np.float32)
+    inputs = grid_inputs(collate(data, np.arange(4), grid=True), 4)
+    with subnormals_flushed():
+        assert (tiny * np.float32(1.0))[0] == 0
+    for program in (OnnxGreedy(onnx.onnx_model, threads=1), onnx, LeanGreedy(model)):
+        program.answer(inputs)
+        assert (tiny * np.float32(1.0))[0] > 0

@@ -24,7 +24,7 @@ import torch
 
 from genco.ensemble import RewardEnsemble
 from genco.errors import GencoInputError
-from genco.lean import LeanGreedy
+from genco.lean import LeanGreedy, subnormals_flushed
 from genco.model import GenCO
 
 OPSET = 18
@@ -44,8 +44,7 @@ def _example(lean: LeanGreedy) -> tuple[tuple[torch.Tensor, ...], tuple[dict, ..
                 "mask": (torch.ones(B, M, N, dtype=torch.bool), {0: batch, 2: width}),
                 "noise": (torch.rand(B, K, M, N).clamp(0.01, 0.99), {0: batch, 1: samples, 3: width}),
                 "extra": (torch.full((B, X, M), -2, dtype=torch.long), {0: batch, 1: extra}),
-                **{f"features_{m}": (torch.rand(B, N, schema.feature_dims[name]), {0: batch, 1: width})
-                   for m, name in enumerate(schema.components)}}
+                "features": (torch.rand(B, M, N, lean.feature_width), {0: batch, 2: width})}
     names = lean.input_names()
     return tuple(examples[n][0] for n in names), tuple(examples[n][1] for n in names)
 
@@ -180,12 +179,17 @@ class OnnxGreedy:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1  # 0: ONNX Runtime's default
         options.log_severity_level = 3
+        # subnormal floats flushed to zero in ONNX Runtime's own threads (genco.lean.subnormals_flushed says
+        # why); the session sets the mode on the thread that builds it too, which is undone
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.onnx_model = onnx_model if isinstance(onnx_model, bytes) else Path(onnx_model).read_bytes()
         self.signature = signature
         graph = optimized(self.onnx_model) if optimize else self.onnx_model
-        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        with subnormals_flushed():
+            self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]  # the exporter may drop an input the program ignores
 
     def answer(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        positions, logit = self.session.run(None, {name: arrays[name] for name in self.inputs})
+        with subnormals_flushed():
+            positions, logit = self.session.run(None, {name: arrays[name] for name in self.inputs})
         return positions, logit

@@ -14,7 +14,7 @@ width, C context width, H heads.
 Inputs (see `grid_inputs`; LeanGreedy.input_names gives those a model reads, in order): user (B, U), ad (B, A), ad_bucket (B,), element_bucket (B, M, N), mask (B, M, N),
 noise (B, K, M, N) request-keyed uniforms (genco.noise), extra (B, X, M) combinations to score besides the
 generator's (every combination of a request with small pools, as genco.select enumerates them; -2 on unused
-ones), and one feature tensor (B, N, F_m) per component.
+ones), and features (B, M, N, F): every component's, each padded with zeros to the widest F.
 Outputs: positions (B, M) within components (-1 absent) and the click logit (B,) of the answer.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from typing import Protocol
 
 import numpy as np
@@ -66,6 +67,26 @@ class StackedLinear(nn.Module):
         return y.reshape(*shape, self.outputs)
 
 
+_SUBNORMAL = np.array([1e-45], dtype=np.float32)
+
+
+@contextmanager
+def subnormals_flushed():
+    """Within: floats below 1e-38 are computed as zero on this thread (the CPU's flush-to-zero and
+    denormals-are-zero modes); after: as before. A softmax over attention logits spread wide gives such
+    subnormal floats, which cost the CPU about a hundred cycles each (ONNX Runtime's softmax over (2, 90, 90)
+    logits took 10x as long); no answer can depend on them. Scoped, because the mode belongs to the thread,
+    and the caller's own arithmetic must keep its subnormals."""
+    already = (_SUBNORMAL * np.float32(1.0))[0] == 0
+    if not already:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not already:
+            torch.set_flush_denormal(False)
+
+
 def short_softmax(x: torch.Tensor) -> torch.Tensor:
     """torch.softmax over the last axis, for a short one (the M components of a bag): the fused kernels of
     torch and ONNX Runtime walk such rows one at a time, and took 3-4x as long as these elementwise passes
@@ -76,6 +97,26 @@ def short_softmax(x: torch.Tensor) -> torch.Tensor:
 
 def _stack(tables: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in tables])
+
+
+def features_in_one(members: list[GenCO], schema, wide_terms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every member's feature projection (d outputs) and refitted wide term (W = 1 + U outputs, where
+    `wide_terms`) of every component as one weight (M, F, E (d + W)) and bias (M, 1, E (d + W)), each component
+    padded to the widest feature vector F with zero rows (a component without features: all zero). One
+    batched matmul then encodes every component's features: one operation where a loop over components made
+    a handful per component, the most of a batch-1 answer's time being the count of operations."""
+    M, F = len(schema.components), max(schema.feature_dims.values(), default=0)
+    d, W = members[0].component.weight.shape[1], (1 + schema.user_dim) if wide_terms else 0
+    weight, bias = torch.zeros(M, F, len(members), d + W), torch.zeros(M, 1, len(members), d + W)
+    for e, member in enumerate(members):
+        for m, name in enumerate(schema.components):
+            width = schema.feature_dims[name]
+            if width:
+                projection = member.feature_proj[m]
+                weight[m, :width, e, :d], bias[m, 0, e, :d] = projection.weight.detach().t(), projection.bias.detach()
+                if W:
+                    weight[m, :width, e, d:] = member.feature_effect[m, :, :width].t()
+    return weight.reshape(M, F, -1), bias.reshape(M, 1, -1)
 
 
 class LeanGreedy(nn.Module):
@@ -101,14 +142,14 @@ class LeanGreedy(nn.Module):
         self.appeal = lin(lambda m: m.appeal)
         self.register_buffer("ad_embedding", _stack([m.ad_embedding.weight for m in members]))  # (E, ad buckets, C)
         self.register_buffer("ad_appeal", _stack([m.ad_appeal.weight[:, 0] for m in members]))  # (E, ad buckets)
-        # element encoder: one stacked projection per component with features (None: no features)
-        self.feature_proj = nn.ModuleList(
-            lin(lambda m, i=i: m.feature_proj[i]) if self.schema.feature_dims[name] > 0 else nn.Identity()
-            for i, name in enumerate(self.schema.components))
-        self.has_features = [self.schema.feature_dims[name] > 0 for name in self.schema.components]
+        # element encoder
+        self.feature_width = max(self.schema.feature_dims.values(), default=0)
+        if self.feature_width:
+            weight, bias = features_in_one(members, self.schema, c.feature_effects)
+            self.register_buffer("feature_weight", weight)  # (M, F, E (d + W))
+            self.register_buffer("feature_bias", bias)  # (M, 1, E (d + W))
         self.register_buffer("component", _stack([m.component.weight for m in members]))  # (E, M, d)
         self.register_buffer("element_effect", _stack([m.element_effect.weight[:, 0] for m in members]))  # (E, buckets)
-        self.register_buffer("feature_effect", _stack([m.feature_effect for m in members]))  # (E, M, 1 + U, F)
         user_ids = first.user_id_effect is not None
         self.register_buffer("user_id_effect", _stack([m.user_id_effect for m in members]) if user_ids else None)  # (E, buckets, U)
         trust = [shrinkage_trust(m.id_counts, c.id_shrinkage) for m in members]
@@ -147,58 +188,58 @@ class LeanGreedy(nn.Module):
             ad_vector = torch.zeros(E, B, self.config.context_dim)
         h_in = torch.cat([context_in, ad_vector], dim=2)
         h = self.context(h_in) + self.context_out(torch.relu(self.context_in(h_in)))  # (E, B, C)
-        parts = [proj(inputs[f"features_{m}"][None].expand(E, -1, -1, -1)) if has else torch.zeros(E, B, N, self.component.shape[-1])
-                 for m, (proj, has) in enumerate(zip(self.feature_proj, self.has_features))]
-        e = torch.stack(parts, dim=2) + self.component[:, None, :, None, :]  # (E, B, M, N, d)
+        d = self.component.shape[-1]
+        e = self.component[:, None, :, None, :].expand(E, B, M, N, d)  # (E, B, M, N, d)
+        effect = self.element_effect[:, element_bucket] if self.config.element_ids else torch.zeros(E, B, M, N)  # (E, B, M, N)
+        if self.feature_width:  # every component's projection and wide term in one batched matmul
+            F = self.feature_width
+            flat = inputs["features"].transpose(0, 1).reshape(M, B * N, F)  # (M, B N, F)
+            out = torch.baddbmm(self.feature_bias, flat, self.feature_weight).view(M, B, N, E, -1).permute(3, 1, 0, 2, 4)  # (E, B, M, N, d + W)
+            e = e + out[..., :d]
+            if out.shape[-1] > d:
+                wide = torch.cat([torch.ones(B, 1), inputs["user"]], dim=1) if "user" in inputs else torch.ones(B, 1)  # (B, W = 1 + U)
+                effect = effect + (out[..., d:] * wide[None, :, None, None, :]).sum(-1)
         if self.config.id_vectors:
             e = e + self.id_vector[:, element_bucket]
-        if self.config.element_ids:
-            effect = self.element_effect[:, element_bucket]  # (E, B, M, N)
-        else:
-            effect = torch.zeros(E, B, M, N)
-        if self.config.feature_effects and any(self.has_features):
-            wide = torch.cat([torch.ones(B, 1), inputs["user"]], dim=1) if "user" in inputs else torch.ones(B, 1)  # (B, 1 + U)
-            effect = effect + torch.stack([
-                torch.einsum("bnf,ecf,bc->ebn", inputs[f"features_{m}"], self.feature_effect[:, m, :, :self.schema.feature_dims[name]], wide)
-                if has else torch.zeros(E, B, N) for m, (name, has) in enumerate(zip(self.schema.components, self.has_features))], dim=2)
         if self.user_id_effect is not None:
             effect = effect + torch.einsum("ebmnu,bu->ebmn", self.user_id_effect[:, element_bucket], inputs["user"])
         return h, appeal, e, effect
 
     # -- generator (member 0) ------------------------------------------------------------------------------------
 
-    def log_pi(self, h, e, effect, mask):
-        """h (B, C), e (B, M, N, d), effect (B, M, N), mask (B, M, N) -> log pi (B, M, N), -inf on padding."""
+    def log_pi(self, h, e, effect, mask, present):
+        """h (B, C), e (B, M, N, d), effect (B, M, N), mask (B, M, N), present (B, M) -> log pi (B, M, N), -inf on padding."""
         B, M, N, d = e.shape
         slots = e.reshape(B, M * N, d)
-        a = self.generator_attend(slots, mask.reshape(B, M * N), h, N)  # (B, T, d)
+        a = self.generator_attend(slots, mask.reshape(B, M * N), present, h, N)  # (B, T, d)
         hs = h[:, None, :].expand(-1, M * N, -1)  # (B, T, C)
         scores = self.generator_phi(hs, slots, a, effect.reshape(B, M * N)) + self.policy_head(torch.cat([hs, slots, a], dim=-1))[..., 0]
         scores = (self.sharpness * scores.view(B, M, N)).masked_fill(~mask, float("-inf"))
-        absent = ~mask.any(dim=2, keepdim=True)  # (B, M, 1): rows without the component, no NaN
+        absent = ~present[:, :, None]  # (B, M, 1): rows without the component, no NaN
         return torch.log_softmax(scores.masked_fill(absent, 0.0), dim=2).masked_fill(~mask, float("-inf"))
 
-    def generator_attend(self, x, mask, h, N):
+    def generator_attend(self, x, mask, present, h, N):
         """genco.model.CrossAttention of the generator over a grid of T = M N slots: x (B, T, d), mask (B, T),
-        h (B, C) -> (B, T, d). The same weights and values, in fewer passes over the (B, H, T, T) logits, the
-        largest tensor of the program: the own-component and padding masks are additive biases (a finite
-        _MASKED, so no NaN to clean; rows with no partner are zeroed after), and the scale is applied to the
-        queries (a power of two for the usual head widths, so exact)."""
+        present (B, M), h (B, C) -> (B, T, d). The same weights and values, in fewer operations: the
+        own-component and padding masks are additive biases (a finite _MASKED, so no NaN to clean; rows with no
+        partner are zeroed after), the component-pair table (H, M, M) is masked before it is spread over the
+        slots (a constant the export folds), and the scale is applied to the queries (a power of two for the
+        usual head widths, so exact)."""
         attention = self.generator_attention
         B, T, d = x.shape
+        M = T // N
         if not attention.enabled:
             return torch.zeros_like(x)
         heads = attention.heads
         q, k, v = attention.qkv(x).view(B, T, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (B, H, T, dh) each
         if attention.context_query is not None:
             q = q + attention.context_query(h).view(B, heads, 1, d // heads)
-        component = torch.arange(T) // N  # (T,) component of each slot
-        other = component[:, None] != component[None, :]  # (T, T): partners are in the other components
-        bias = attention.pair_bias[:, component][:, :, component] if attention.learned else torch.zeros(heads, T, T)
-        bias = bias.masked_fill(~other, _MASKED) + torch.where(mask, 0.0, _MASKED)[:, None, None, :]  # (B, H, T, T)
-        logits = (q * (d // heads) ** -0.5) @ k.transpose(-1, -2) + bias if attention.learned else bias
-        partnered = ((mask.float() @ other.float()) > 0)[:, None, :, None]  # (B, 1, T, 1): a valid partner exists
-        z = torch.softmax(logits, dim=-1) @ v * partnered  # (B, H, T, dh)
+        own = torch.eye(M, dtype=torch.bool)  # (M, M): partners are in the other components
+        pairs = (attention.pair_bias if attention.learned else torch.zeros(heads, M, M)).masked_fill(own, _MASKED)  # (H, M, M)
+        bias = pairs[:, :, None, :, None].expand(heads, M, N, M, N).reshape(heads, T, T) + torch.where(mask, 0.0, _MASKED)[:, None, None, :]
+        logits = (q * (d // heads) ** -0.5) @ k.transpose(-1, -2) + bias if attention.learned else bias  # (B, H, T, T)
+        partnered = (present.float() @ (~own).float()) > 0  # (B, M): another component has a candidate
+        z = torch.softmax(logits, dim=-1) @ v * partnered[:, None, :, None, None].expand(B, 1, M, N, 1).reshape(B, 1, T, 1)  # (B, H, T, dh)
         return attention.out(z.transpose(1, 2).reshape(B, T, d))
 
     # -- reward model (all members) ------------------------------------------------------------------------------
@@ -257,8 +298,9 @@ class LeanGreedy(nn.Module):
         inputs = dict(zip(self.input_names(), tensors))
         mask, noise, extra, element_bucket = inputs["mask"], inputs["noise"], inputs["extra"], inputs["element_bucket"]
         h, appeal, e, effect = self.encode(inputs)
-        log_pi = self.log_pi(h[0], e[0], effect[0], mask)  # (B, M, N)
-        present = mask.any(dim=2)[:, None, :]  # (B, 1, M)
+        present = mask.any(dim=2)  # (B, M)
+        log_pi = self.log_pi(h[0], e[0], effect[0], mask, present)  # (B, M, N)
+        present = present[:, None, :]  # (B, 1, M)
         sampled = (log_pi[:, None] - torch.log(-torch.log(noise))).argmax(dim=-1)  # (B, K, M) Gumbel-max
         proposed = torch.where(present, torch.cat([log_pi.argmax(dim=-1)[:, None], sampled], dim=1), -1)  # (B, 1 + K, M)
         combos = torch.cat([proposed, extra.clamp(min=-1)], dim=1)  # (B, 1 + K + X, M)
@@ -270,16 +312,17 @@ class LeanGreedy(nn.Module):
 
     def input_names(self) -> list[str]:
         """What the program reads, in order: INPUTS, except user and ad where they have no columns, and the
-        features of each component that has any (an empty input would get a fixed shape in an export)."""
+        features where any component has some (an empty input would get a fixed shape in an export)."""
         schema = self.schema
         empty = {"user"} if schema.user_dim == 0 else set()
         empty |= {"ad"} if schema.ad_dim == 0 else set()
-        return [*(n for n in INPUTS if n not in empty), *(f"features_{m}" for m, has in enumerate(self.has_features) if has)]
+        return [*(n for n in INPUTS if n not in empty), *(["features"] if self.feature_width else [])]
 
     @torch.inference_mode()
     def answer(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """grid_inputs(...) -> positions (B, M), click logit (B,): the program run by torch."""
-        chosen, logit = self(*(torch.from_numpy(arrays[name]) for name in self.input_names()))
+        with subnormals_flushed():
+            chosen, logit = self(*(torch.from_numpy(arrays[name]) for name in self.input_names()))
         return chosen.numpy(), logit.numpy()
 
 
@@ -312,22 +355,22 @@ def grid_inputs(batch: Batch, k: int, enumerate_up_to: int = 0) -> dict[str, np.
     M = len(batch.slices)
     B, T = batch.mask.shape
     N = T // max(M, 1)
+    features = np.zeros((B, M, N, max((f.shape[2] for f in batch.features), default=0)), dtype=np.float32)
+    for m, f in enumerate(batch.features):
+        features[:, m, :, :f.shape[2]] = f.numpy()
     return grid_arrays(batch.user.numpy(), batch.ad.numpy(), batch.ad_bucket.numpy(), batch.element_bucket.numpy().reshape(B, M, N),
-                       batch.mask.numpy().reshape(B, M, N), [f.numpy() for f in batch.features], batch.row_key, k, enumerate_up_to)
+                       batch.mask.numpy().reshape(B, M, N), features, batch.row_key, k, enumerate_up_to)
 
 
 def grid_arrays(user: np.ndarray, ad: np.ndarray, ad_bucket: np.ndarray, element_bucket: np.ndarray, mask: np.ndarray,
-                features: list[np.ndarray], row_key: np.ndarray, k: int, enumerate_up_to: int) -> dict[str, np.ndarray]:
-    """The program's inputs by name from a batch's grid columns (mask and element_bucket (B, M, N), features[m]
-    (B, N, F_m)), with the request-keyed noise and the enumerated small pools: the one place both ways of
+                features: np.ndarray, row_key: np.ndarray, k: int, enumerate_up_to: int) -> dict[str, np.ndarray]:
+    """The program's inputs by name from a batch's grid columns (mask and element_bucket (B, M, N), features
+    (B, M, N, F)), with the request-keyed noise and the enumerated small pools: the one place both ways of
     building a batch (grid_inputs, genco.request_grid) name and complete them."""
     B, M, N = mask.shape
-    draws = RequestNoise(row_key).streams(k, N, range(M)).numpy()  # (B, K, M, N): stream m is component m
-    arrays = {"user": user, "ad": ad, "ad_bucket": ad_bucket, "element_bucket": element_bucket, "mask": mask, "noise": draws,
-              "extra": every_combination(mask.sum(axis=2), enumerate_up_to)}
-    for m, f in enumerate(features):
-        arrays[f"features_{m}"] = f
-    return arrays
+    draws = RequestNoise(row_key).stream_array(k, N, range(M))  # (B, K, M, N): stream m is component m
+    return {"user": user, "ad": ad, "ad_bucket": ad_bucket, "element_bucket": element_bucket, "mask": mask, "noise": draws,
+            "extra": every_combination(mask.sum(axis=2), enumerate_up_to), "features": features}
 
 
 def every_combination(pools: np.ndarray, up_to: int | None = None) -> np.ndarray:

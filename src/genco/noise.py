@@ -38,11 +38,15 @@ class RequestNoise:
 
     def streams(self, k: int, n: int, streams) -> torch.Tensor:
         """(B, k, S, n): uniform(k, n, s) of every stream s in `streams`, drawn in one pass."""
+        return torch.from_numpy(self.stream_array(k, n, streams))
+
+    def stream_array(self, k: int, n: int, streams) -> np.ndarray:
+        """streams(k, n, streams) as a float32 numpy array."""
         base = _mix(self.keys[:, None] + (np.asarray(streams, dtype=np.uint64)[None, :] + np.uint64(1)) * _GOLDEN)  # (B, S)
         counter = (np.arange(k, dtype=np.uint64)[:, None] << _S32) | np.arange(n, dtype=np.uint64)[None, :]  # (k, n)
         z = _mix(_mix(base[:, None, :, None] ^ (counter[None, :, None, :] * _GOLDEN + _GOLDEN)))  # (B, k, S, n)
         u = ((z >> _S11).astype(np.float64) + 0.5) * 2.0**-53  # 53 bits, never 0 or 1
-        return torch.from_numpy(u.astype(np.float32).clip(1e-7, 1 - 1e-7))
+        return u.astype(np.float32).clip(1e-7, 1 - 1e-7)
 
 
 Randomness = torch.Generator | RequestNoise | None

@@ -28,7 +28,8 @@ def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enu
     N = max((len(r.components.get(name, ())) for r in requests for name in names), default=0) or 1
     mask = np.zeros((B, M, N), dtype=bool)
     buckets = np.zeros((B, M, N), dtype=np.int64)
-    features = [np.zeros((B, N, schema.feature_dims[name]), dtype=np.float32) for name in names]
+    widths = [schema.feature_dims[name] for name in names]
+    features = np.zeros((B, M, N, max(widths, default=0)), dtype=np.float32)
     for b, request in enumerate(requests):
         for m, name in enumerate(names):
             candidates = request.components.get(name)
@@ -37,8 +38,8 @@ def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enu
             n = len(candidates)
             mask[b, m, :n] = True
             buckets[b, m, :n] = [element_bucket(name, element.id, schema.id_buckets) for element in candidates]
-            if features[m].shape[2]:
-                features[m][b, :n] = [element.features for element in candidates]
+            if widths[m]:
+                features[b, m, :n, :widths[m]] = [element.features for element in candidates]
     zeros = [0.0] * schema.ad_dim
     return grid_arrays(np.asarray([r.user for r in requests], dtype=np.float32).reshape(B, schema.user_dim),
                        np.asarray([zeros if r.ad is None else r.ad for r in requests], dtype=np.float32).reshape(B, schema.ad_dim),

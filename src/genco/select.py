@@ -188,6 +188,12 @@ def rows_per_batch(model: GenCO | RewardEnsemble, pools: list[int], config: Sele
     return int(max(1, min(config.batch_size, CELL_BUDGET // per_row)))
 
 
+def click_probability(logit: np.ndarray) -> np.ndarray:
+    """The lean program's click logits (B,) as P(click) in float64: in numpy, since a torch call per answer
+    costs more than the arithmetic."""
+    return 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
+
+
 @torch.inference_mode()
 def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, config: SelectConfig | None = None, seed: int = 0,
            program: GreedyProgram | None = None) -> Choices:
@@ -209,7 +215,7 @@ def choose(model: GenCO | RewardEnsemble, data: EncodedRows, *, greedy: bool, co
             inputs = grid_inputs(collate(data, idx, grid=True), *config.program_inputs())
             chosen, logit = program.answer(inputs)
             positions.append(chosen)
-            scores.append(torch.sigmoid(torch.from_numpy(logit).double()).numpy())
+            scores.append(click_probability(logit))
             propensities.append(np.ones(len(idx)))
             selections += selections_at(data, idx, chosen)
             continue
@@ -258,7 +264,7 @@ def lean_select(model: GenCO | RewardEnsemble, requests: list[Request], config: 
     for idx in batch_indices(len(requests), rows_per_batch(model, pools, config)):
         part = [requests[i] for i in idx]
         positions, logit = program.answer(request_grid(part, schema, *config.program_inputs()))
-        score = torch.sigmoid(torch.from_numpy(logit).double()).numpy()  # as choose() computes it
+        score = click_probability(logit)
         out += [Selection(request_id=r.request_id, selection=s, score=float(p), propensity=1.0)
                 for r, s, p in zip(part, grid_selections(part, schema, positions), score)]
     return out
