@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from array import array
 from contextlib import contextmanager
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import torch
 
 from genco.contract import LogRow, Request, shown_value
 from genco.errors import BadRowError, GencoInputError, ItemLocation
+from genco.noise import content_key
 
 
 def stable_hash(text: str) -> int:
@@ -42,19 +42,6 @@ def element_bucket(component: str, element_id: str, buckets: int) -> int:
 @lru_cache(maxsize=1 << 18)
 def ad_bucket(ad_id: str, buckets: int) -> int:
     return stable_hash(ad_id) % buckets
-
-
-def request_key(row: Request) -> int:
-    """A 63-bit hash of a request's content: product, context and every candidate (ids, features, order), but
-    not its request_id. Greedy selection draws its samples from it (genco.noise), so that the same request gets
-    the same answer whatever the seed, the batch or the call."""
-    parts = [row.ad_id.encode(), array("d", row.user).tobytes(), b"" if row.ad is None else array("d", row.ad).tobytes()]
-    for name in sorted(row.components):
-        parts.append(name.encode())
-        for element in row.components[name]:
-            parts += [element.id.encode(), array("d", element.features).tobytes()]
-    framed = b"".join(len(p).to_bytes(4, "little") + p for p in parts)  # length-prefixed: no two requests frame alike
-    return int.from_bytes(hashlib.blake2b(framed, digest_size=8).digest(), "little") >> 1
 
 
 @dataclass
@@ -148,7 +135,7 @@ class EncodedRows:
     columns: dict[str, dict[str, np.ndarray]]  # component -> table_features (E, F), table_bucket (E,),
     #                                              offsets (n+1,), members (nnz,), shown (n,)
     element_ids: dict[str, list[str]]  # component -> id of table entry e
-    row_key: np.ndarray  # (n,) int64: request_key of every row (what greedy selection's samples are drawn from)
+    row_key: np.ndarray  # (n,) int64: every row's request key (genco.noise: what greedy selection's samples are drawn from)
     click: np.ndarray | None = None  # (n,) float32, logs only
     propensity: np.ndarray | None = None  # (n,) float32, NaN where absent
     revenue: np.ndarray | None = None  # (n,) float32, NaN where absent
@@ -197,7 +184,6 @@ class Encoder:
         self.schema = schema or FeatureSchema([], -1, -1, {}, id_buckets=id_buckets, ad_buckets=ad_buckets)
         self.columns = {name: ComponentColumn() for name in self.schema.components}
         self.request_ids: list[str] = []
-        self.row_key: list[int] = []
         self.ad_ids: list[str] = []
         self.user: list[list[float]] = []
         self.ad: list[list[float] | None] = []
@@ -228,7 +214,6 @@ class Encoder:
         else:
             self._learn(row)
         self.request_ids.append(row.request_id)
-        self.row_key.append(request_key(row))
         self.ad_ids.append(row.ad_id)
         self.user.append(row.user)
         self.ad.append(row.ad)
@@ -275,21 +260,39 @@ class Encoder:
             }
         zeros = [0.0] * s.ad_dim
         ad_buckets = np.asarray([ad_bucket(a, s.ad_buckets) for a in self.ad_ids], dtype=np.int64)
+        user = np.asarray(self.user, dtype=np.float32).reshape(n, s.user_dim)
+        ad = np.asarray([zeros if a is None else a for a in self.ad], dtype=np.float32).reshape(n, s.ad_dim)
         logs = self._has_logs
         return EncodedRows(
             schema=s,
             request_ids=self.request_ids,
-            user=np.asarray(self.user, dtype=np.float32).reshape(n, s.user_dim),
-            ad=np.asarray([zeros if a is None else a for a in self.ad], dtype=np.float32).reshape(n, s.ad_dim),
+            user=user,
+            ad=ad,
             ad_bucket=ad_buckets,
             ad_ids=self.ad_ids,
             columns=columns,
             element_ids={name: c.ids for name, c in self.columns.items()},
-            row_key=np.asarray(self.row_key, dtype=np.int64),
+            row_key=table_keys(columns, user, ad, ad_buckets),
             click=np.asarray(self.click, dtype=np.float32) if logs else None,
             propensity=np.asarray(self.propensity, dtype=np.float32) if logs else None,
             revenue=np.asarray(self.revenue, dtype=np.float32) if logs else None,
         )
+
+
+def table_keys(columns: dict[str, dict[str, np.ndarray]], user: np.ndarray, ad: np.ndarray, ad_bucket: np.ndarray) -> np.ndarray:
+    """Every row's request key (genco.noise.content_key) (n,) int64, from the element tables."""
+    names = sorted(columns)
+    keys = np.empty(len(user), dtype=np.int64)
+    for r in range(len(user)):
+        offered = []
+        for name in names:
+            column = columns[name]
+            start, end = column["offsets"][r], column["offsets"][r + 1]
+            if end > start:
+                entries = column["members"][start:end]
+                offered.append((name, column["table_bucket"][entries], column["table_features"][entries]))
+        keys[r] = content_key(user[r], ad[r], ad_bucket[r], offered)
+    return keys
 
 
 def encode(rows: Iterable[Request], schema: FeatureSchema | None = None, *, checked: bool = False,
@@ -341,7 +344,7 @@ class Batch:
     click: torch.Tensor | None = None
     propensity: torch.Tensor | None = None
     rows: np.ndarray | None = None  # which rows of the EncodedRows this batch holds
-    row_key: np.ndarray | None = None  # (B,) request_key of each row
+    row_key: np.ndarray | None = None  # (B,) each row's request key (genco.noise)
 
     @property
     def size(self) -> int:

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from genco.contract import Request
-from genco.data import FeatureSchema, ad_bucket, element_bucket, request_key
+from genco.data import FeatureSchema, ad_bucket, element_bucket
 from genco.lean import grid_arrays
+from genco.noise import content_key
 
 
 def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enumerate_up_to: int = 0) -> dict[str, np.ndarray]:
@@ -30,21 +31,25 @@ def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enu
     buckets = np.zeros((B, M, N), dtype=np.int64)
     widths = [schema.feature_dims[name] for name in names]
     features = np.zeros((B, M, N, max(widths, default=0)), dtype=np.float32)
-    for b, request in enumerate(requests):
-        for m, name in enumerate(names):
-            candidates = request.components.get(name)
-            if not candidates:
-                continue
-            n = len(candidates)
-            mask[b, m, :n] = True
-            buckets[b, m, :n] = [element_bucket(name, element.id, schema.id_buckets) for element in candidates]
-            if widths[m]:
-                features[b, m, :n, :widths[m]] = [element.features for element in candidates]
+    in_name_order = sorted(range(M), key=names.__getitem__)  # the request key's order
     zeros = [0.0] * schema.ad_dim
-    return grid_arrays(np.asarray([r.user for r in requests], dtype=np.float32).reshape(B, schema.user_dim),
-                       np.asarray([zeros if r.ad is None else r.ad for r in requests], dtype=np.float32).reshape(B, schema.ad_dim),
-                       np.asarray([ad_bucket(r.ad_id, schema.ad_buckets) for r in requests], dtype=np.int64), buckets, mask,
-                       features, np.asarray([request_key(r) for r in requests], dtype=np.int64), k, enumerate_up_to)
+    user = np.asarray([r.user for r in requests], dtype=np.float32).reshape(B, schema.user_dim)
+    ad = np.asarray([zeros if r.ad is None else r.ad for r in requests], dtype=np.float32).reshape(B, schema.ad_dim)
+    ads = np.asarray([ad_bucket(r.ad_id, schema.ad_buckets) for r in requests], dtype=np.int64)
+    keys = np.empty(B, dtype=np.int64)
+    for b, request in enumerate(requests):
+        sizes = [len(request.components.get(name, ())) for name in names]
+        for m, name in enumerate(names):
+            n = sizes[m]
+            if n:
+                candidates = request.components[name]
+                mask[b, m, :n] = True
+                buckets[b, m, :n] = [element_bucket(name, element.id, schema.id_buckets) for element in candidates]
+                if widths[m]:
+                    features[b, m, :n, :widths[m]] = [element.features for element in candidates]
+        keys[b] = content_key(user[b], ad[b], ads[b], [(names[m], buckets[b, m, :sizes[m]], features[b, m, :sizes[m], :widths[m]])
+                                                       for m in in_name_order if sizes[m]])
+    return grid_arrays(user, ad, ads, buckets, mask, features, keys, k, enumerate_up_to)
 
 
 def grid_selections(requests: Sequence[Request], schema: FeatureSchema, positions: np.ndarray) -> list[dict[str, str]]:
