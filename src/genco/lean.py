@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genco.data import Batch
+from genco.data import Batch, FeatureSchema
 from genco.ensemble import RewardEnsemble
 from genco.model import GenCO, combination_bucket, pair_buckets, shrinkage_trust
 from genco.noise import RequestNoise
@@ -99,12 +99,12 @@ def _stack(tables: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in tables])
 
 
-def features_in_one(members: list[GenCO], schema, wide_terms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def features_in_one(members: list[GenCO], schema: FeatureSchema, wide_terms: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Every member's feature projection (d outputs) and refitted wide term (W = 1 + U outputs, where
     `wide_terms`) of every component as one weight (M, F, E (d + W)) and bias (M, 1, E (d + W)), each component
     padded to the widest feature vector F with zero rows (a component without features: all zero). One
-    batched matmul then encodes every component's features: one operation where a loop over components made
-    a handful per component, the most of a batch-1 answer's time being the count of operations."""
+    batched matmul then encodes every component's features, where a loop over components made a handful of
+    small operations per component (a batch-1 answer is made of a few hundred such)."""
     M, F = len(schema.components), max(schema.feature_dims.values(), default=0)
     d, W = members[0].component.weight.shape[1], (1 + schema.user_dim) if wide_terms else 0
     weight, bias = torch.zeros(M, F, len(members), d + W), torch.zeros(M, 1, len(members), d + W)
