@@ -103,7 +103,10 @@ def swap_during(url: str, body: Path, seconds: float, rate: int, served: Path, c
     swapper.start()
     figures = hey(url, body, seconds, rate, connections)
     swapper.join()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30  # short (--quick) runs end before the reload does: wait for it, watcher on
+    while httpx.get(f"{url}/healthz").json()["model_version"] == old and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
     stop.set()
     watcher.join()
     new = httpx.get(f"{url}/healthz").json()["model_version"]
