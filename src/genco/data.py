@@ -281,12 +281,10 @@ class Encoder:
 
 def table_keys(columns: dict[str, dict[str, np.ndarray]], user: np.ndarray, ad: np.ndarray, ad_bucket: np.ndarray) -> np.ndarray:
     """Every row's request key (genco.noise.content_key) (n,) int64, from the element tables."""
-    names = sorted(columns)
     keys = np.empty(len(user), dtype=np.int64)
     for r in range(len(user)):
         offered = []
-        for name in names:
-            column = columns[name]
+        for name, column in columns.items():
             start, end = column["offsets"][r], column["offsets"][r + 1]
             if end > start:
                 entries = column["members"][start:end]

@@ -35,9 +35,10 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 def content_key(user: np.ndarray, ad: np.ndarray, ad_bucket: int, components: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> int:
     """A request's key, 63 bits: a hash of what the model sees of it. user (U,) and ad (A,) float32, and for
-    each component it offers, in name order: (name, hashed ids (n,) int64, features (n, F) float32)."""
+    each component it offers, in any order: (name, hashed ids (n,) int64, features (n, F) float32). Hashed in
+    name order, so that the key does not depend on the order of a model's components."""
     parts = [user.tobytes(), ad.tobytes(), int(ad_bucket).to_bytes(8, "little")]
-    for name, buckets, features in components:
+    for name, buckets, features in sorted(components, key=lambda component: component[0]):
         parts += [name.encode(), buckets.tobytes(), features.tobytes()]
     framed = b"".join(len(p).to_bytes(4, "little") + p for p in parts)  # length-prefixed: no two requests frame alike
     return int.from_bytes(hashlib.blake2b(framed, digest_size=8).digest(), "little") >> 1

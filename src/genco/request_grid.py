@@ -31,7 +31,6 @@ def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enu
     buckets = np.zeros((B, M, N), dtype=np.int64)
     widths = [schema.feature_dims[name] for name in names]
     features = np.zeros((B, M, N, max(widths, default=0)), dtype=np.float32)
-    in_name_order = sorted(range(M), key=names.__getitem__)  # the request key's order
     zeros = [0.0] * schema.ad_dim
     user = np.asarray([r.user for r in requests], dtype=np.float32).reshape(B, schema.user_dim)
     ad = np.asarray([zeros if r.ad is None else r.ad for r in requests], dtype=np.float32).reshape(B, schema.ad_dim)
@@ -48,7 +47,7 @@ def request_grid(requests: Sequence[Request], schema: FeatureSchema, k: int, enu
                 if widths[m]:
                     features[b, m, :n, :widths[m]] = [element.features for element in candidates]
         keys[b] = content_key(user[b], ad[b], ads[b], [(names[m], buckets[b, m, :sizes[m]], features[b, m, :sizes[m], :widths[m]])
-                                                       for m in in_name_order if sizes[m]])
+                                                       for m in range(M) if sizes[m]])
     return grid_arrays(user, ad, ads, buckets, mask, features, keys, k, enumerate_up_to)
 
 
