@@ -32,7 +32,7 @@ import torch
 from genco import console
 from genco.contract import Request
 from genco.data import collate, encode
-from genco.export import OnnxGreedy, export_onnx, onnx_available
+from genco.export import OnnxGreedy, export_onnx, onnx_available, optimized
 from genco.lean import grid_inputs, greedy_program
 from genco.evaluate import Evaluator
 from genco.policies import make_policy
@@ -167,7 +167,7 @@ def main() -> None:
             continue
         k = 0 if mode == "argmax" else config.k
         lean = greedy_program(model, mode, "torch")
-        onnx_bytes = export_onnx(lean)
+        onnx_bytes = optimized(export_onnx(lean))
         runtimes = {"lean torch": (lean, lean), "onnx": (OnnxGreedy(onnx_bytes, threads=1), OnnxGreedy(onnx_bytes, threads=2))}
         for runtime, (program, program_batch) in runtimes.items():
             rows[f"genco {mode} {runtime}"] = latency_figures(

@@ -95,9 +95,10 @@ def signature(lean: LeanGreedy) -> str:
 
 
 def reweighted(onnx_model: bytes, lean: LeanGreedy) -> bytes:
-    """The exported program of a model of the same signature with `lean`'s weights instead: what a reload of
-    a retrained model needs, in about a second where an export takes 10-25 s. The export keeps every weight
-    as an initializer named as in lean.state_dict()."""
+    """The program of a model of the same signature (exported, or exported and optimized) with `lean`'s weights
+    instead: what a reload of a retrained model needs, in about a tenth of a second where an export takes
+    10-25 s and the optimizer a second. Both keep every weight as an initializer named as in
+    lean.state_dict()."""
     _require("onnx")
     import onnx
     from onnx import numpy_helper
@@ -111,16 +112,32 @@ def reweighted(onnx_model: bytes, lean: LeanGreedy) -> bytes:
 
 
 def optimized(onnx_model: bytes) -> bytes:
-    """The graph with constants folded and shape arithmetic simplified (onnxscript's optimizer): about a second.
-    ONNX Runtime's own optimisations at load leave those, and per call they cost: at batch 256 the
-    unoptimised graph took 1.7x as long (transposing weights on every call), at batch 1 about 5% more. The
-    folded graph's weights no longer carry the state_dict's names, so reweighting needs the unoptimised one."""
+    """The exported graph with its shape arithmetic simplified and the constants that do not depend on the
+    weights folded (onnxscript's optimizer, about a second), every weight kept as it is, by name, so that
+    `reweighted` applies to the result: a reload swaps weights in and runs no optimizer (a second of Python,
+    which in a serving process holds the interpreter lock that every call in flight waits for). ONNX Runtime
+    folds what derives from the weights (transposed and reshaped copies) when it loads the graph. Unoptimised,
+    the graph ran 1.7x as long at batch 256 (ONNX Runtime did not fold through the shape arithmetic), at batch
+    1 about 5% longer; optimised this way, as fast as with the weights folded too (within 3%)."""
     _require("onnxscript")
     import onnx
     import onnxscript.optimizer
+    from onnx import helper
 
+    model = onnx.load_from_string(onnx_model)
+    graph = model.graph
+    weights = {w.name: w for w in graph.initializer}
+    del graph.initializer[:]
+    graph.input.extend(helper.make_tensor_value_info(w.name, w.data_type, list(w.dims)) for w in weights.values())  # not foldable
     with _quiet_exporter():
-        return onnxscript.optimizer.optimize(onnx.load_from_string(onnx_model)).SerializeToString()
+        model = onnxscript.optimizer.optimize(model)
+    graph = model.graph
+    inputs = [i for i in graph.input if i.name not in weights]
+    kept = [weights[i.name] for i in graph.input if i.name in weights]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    graph.initializer.extend(kept)
+    return model.SerializeToString()
 
 
 def onnx_available() -> bool:
@@ -136,23 +153,24 @@ def cache_folder() -> Path:
 
 
 def cached_export(lean: LeanGreedy) -> bytes:
-    """export_onnx(lean), from a graph exported earlier for the same signature (and program code, torch and
-    genco versions) with `lean`'s weights swapped in where the cache has one: a server starts in about a
-    second instead of the export's 10-25 s. The cache only saves time: a file that cannot be read or written
-    is exported again."""
+    """optimized(export_onnx(lean)), from a graph exported and optimized earlier for the same signature (and
+    program and export code, torch and genco versions) with `lean`'s weights swapped in where the cache has
+    one: a server starts in a fraction of a second instead of the export's 10-25 s. The cache only saves time:
+    a file that cannot be read or written is exported again."""
     from genco import __version__
     from genco.files import atomic_write_bytes
 
     key = hashlib.sha256(json.dumps([signature(lean), [[name, list(value.shape)] for name, value in lean.state_dict().items()],
                                      torch.__version__, __version__]).encode())
-    key.update(Path(inspect.getsourcefile(LeanGreedy)).read_bytes())  # the code that was traced, not only its weights
+    for code in (LeanGreedy, optimized):  # the code that was traced and optimized, not only its weights
+        key.update(Path(inspect.getsourcefile(code)).read_bytes())
     path = cache_folder() / f"lean-{key.hexdigest()[:32]}.onnx"
     if path.is_file():
         try:
             return reweighted(path.read_bytes(), lean)
         except Exception:  # a damaged or foreign file: export again, below  # noqa: BLE001
             pass
-    exported = export_onnx(lean)
+    exported = optimized(export_onnx(lean))
     with contextlib.suppress(OSError):
         atomic_write_bytes(path, exported)
     return exported
@@ -160,7 +178,7 @@ def cached_export(lean: LeanGreedy) -> bytes:
 
 def onnx_program(lean: LeanGreedy, threads: int = 0, previous: object = None) -> OnnxGreedy:
     """`lean` run by ONNX Runtime: `previous`'s graph with these weights where it is an OnnxGreedy of the same
-    signature, else the cached or a fresh export."""
+    signature (a reload: no export, no optimizer), else the cached or a fresh export."""
     key = signature(lean)
     if isinstance(previous, OnnxGreedy) and previous.signature == key:
         return OnnxGreedy(reweighted(previous.onnx_model, lean), threads, key)
@@ -169,10 +187,10 @@ def onnx_program(lean: LeanGreedy, threads: int = 0, previous: object = None) ->
 
 class OnnxGreedy:
     """The exported program run by ONNX Runtime: answer(grid_inputs(...)) -> positions (B, M), logit (B,).
-    `onnx_model` is kept as given (export_onnx's, for a later reweighting); the session runs it optimised,
-    unless `optimize` is False (a file `genco export` wrote, optimised already)."""
+    `onnx_model` is an optimized export (genco.export.optimized, as `genco export` writes it), kept for a later
+    reweighting."""
 
-    def __init__(self, onnx_model: bytes | str | Path, threads: int = 0, signature: str | None = None, optimize: bool = True):
+    def __init__(self, onnx_model: bytes | str | Path, threads: int = 0, signature: str | None = None):
         _require("onnxruntime")
         import onnxruntime
 
@@ -184,9 +202,8 @@ class OnnxGreedy:
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.onnx_model = onnx_model if isinstance(onnx_model, bytes) else Path(onnx_model).read_bytes()
         self.signature = signature
-        graph = optimized(self.onnx_model) if optimize else self.onnx_model
         with subnormals_flushed():
-            self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(self.onnx_model, options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]  # the exporter may drop an input the program ignores
 
     def answer(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
