@@ -11,8 +11,8 @@ connections, each limited to rate / C calls per second (none at saturation). hey
 step, so a fixed rate arrives as bursts of C simultaneous calls: every rate is run with 16 connections (bursts
 of 16, the hardest case) and with 4 (closer to what independent callers send: at 500 calls/s and a few ms
 per call, Little's law puts about two calls in flight); `--connections` chooses. The swap run writes a new
-model into the served folder halfway (as `genco train --out` would) while a watcher calls alongside hey and
-checks that once an answer names the new version, none names the old. Printed as JSON lines: calls, errors
+model into the served folder halfway (as `genco train --out` would) while a watcher, 50 of the rate's calls a
+second, checks that once an answer names the new version, none names the old (`--swap-only`: this run alone). Printed as JSON lines: calls, errors
 (any status but 200), p50 / p99 ms, achieved calls per second.
 """
 
@@ -75,15 +75,22 @@ def hey(url: str, body: Path, seconds: float, rate: int | None, connections: int
             "calls_per_s": round(len(rows) / seconds, 1)}
 
 
+#: Calls per second the swap run's watcher makes (at most: one after another, paced), out of the run's rate.
+WATCHER_RATE = 50
+
+
 def swap_during(url: str, body: Path, seconds: float, rate: int, served: Path, connections: int) -> dict:
-    """hey at `rate` with a new model written into the served folder halfway; a watcher checks the versions."""
+    """hey at `rate` with a new model written into the served folder halfway; a watcher, one caller among the
+    rate's, checks the versions."""
     payload = body.read_bytes()
     old = httpx.get(f"{url}/healthz").json()["model_version"]
     versions, failures, stop = [], [], threading.Event()
 
     def watch() -> None:
         with httpx.Client(base_url=url, timeout=30) as client:
-            while not stop.is_set():
+            start, calls = time.monotonic(), 0
+            while not stop.wait(max(0.0, start + calls / WATCHER_RATE - time.monotonic())):
+                calls += 1
                 answer = client.post("/v1/select", content=payload, headers={"content-type": "application/json"})
                 if answer.status_code == 200:
                     versions.append(answer.json()["model_version"])
@@ -101,7 +108,7 @@ def swap_during(url: str, body: Path, seconds: float, rate: int, served: Path, c
     watcher, swapper = threading.Thread(target=watch), threading.Thread(target=swap)
     watcher.start()
     swapper.start()
-    figures = hey(url, body, seconds, rate, connections)
+    figures = hey(url, body, seconds, rate - WATCHER_RATE, connections)  # the watcher's calls make up the rate
     swapper.join()
     deadline = time.monotonic() + 30  # short (--quick) runs end before the reload does: wait for it, watcher on
     while httpx.get(f"{url}/healthz").json()["model_version"] == old and time.monotonic() < deadline:
@@ -111,7 +118,7 @@ def swap_during(url: str, body: Path, seconds: float, rate: int, served: Path, c
     watcher.join()
     new = httpx.get(f"{url}/healthz").json()["model_version"]
     switched = versions.index(new) if new in versions else len(versions)
-    return {**figures, "swap": True, "old_version": old, "new_version": new, "watcher_calls": len(versions),
+    return {**figures, "rate": rate, "swap": True, "old_version": old, "new_version": new, "watcher_calls": len(versions),
             "watcher_failures": len(failures), "mixed_after_swap": sum(v != new for v in versions[switched:]),
             "swapped": new != old}
 
@@ -123,6 +130,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rates", default="100,500,1000")
     parser.add_argument("--swap-rate", type=int, default=500)
+    parser.add_argument("--swap-only", action="store_true", help="run the swap alone, not the fixed rates and saturation")
     parser.add_argument("--connections", default="16,4",
                         help="hey's connections, one or more (each a run of every rate): each connection sends rate / "
                              "connections calls per second, all in step, so a fixed rate arrives in bursts of this many calls")
@@ -148,7 +156,7 @@ def main() -> None:
         process, url = start_server(served, args.flags, tmp / "serve.log")
         try:
             for connections in [int(c) for c in args.connections.split(",")]:
-                for rate in [*rates, None]:
+                for rate in [] if args.swap_only else [*rates, None]:
                     print(json.dumps({"flags": args.flags, **hey(url, body, seconds, rate, connections)}), flush=True)
                 print(json.dumps({"flags": args.flags, **swap_during(url, body, seconds, swap_rate, served, connections)}),
                       flush=True)
