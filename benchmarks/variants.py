@@ -3,6 +3,7 @@
     python benchmarks/variants.py --interaction 0 --seeds 1,2,3 \
         genco-one-reward-model genco-one-reward-model:weight_decay=3.0
     python benchmarks/variants.py --form gated --seeds 1,2,3 genco-one-reward-model genco-one-reward-model:attention=false
+    python benchmarks/variants.py --cold-share 0.2 --seeds 1,2,3 genco mvt    # cold start, as `genco bench`'s
     python benchmarks/variants.py --quick      # 4,000 impressions, one seed, two epochs: for CI
 
 A variant is a policy name (`genco bench --list`) and optional settings, `name:field=value,...`, where a field
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--impressions", type=int, default=50_000)
     parser.add_argument("--ads", type=int, default=500)
     parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--cold-share", type=float, default=0.0,
+                        help="the cold-start scenario: this share of the elements never logged, scored on the requests that hold one")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -64,10 +67,14 @@ def main() -> None:
     for spec in args.variants:
         name, settings = parse_variant(spec)
         began = time.perf_counter()
-        rows = bench.offline([name], world, seeds, **options, **settings)
+        if args.cold_share:
+            rows = bench.cold_start([name], world, seeds, share=args.cold_share, **options, **settings)
+        else:
+            rows = bench.offline([name], world, seeds, **options, **settings)
         shares = [round(r["frac_of_oracle_lift"], 3) for r in rows]
+        cold = f", {args.cold_share} of the elements cold" if args.cold_share else ""
         print(json.dumps({"variant": spec, "world": f"{args.form}, {args.features} features, interaction "
-                          f"{args.interaction}, {impressions} impressions", "seeds": seeds, "frac_of_oracle_lift": shares,
+                          f"{args.interaction}, {impressions} impressions{cold}", "seeds": seeds, "frac_of_oracle_lift": shares,
                           "mean": round(sum(shares) / len(shares), 3), "seconds": round(time.perf_counter() - began)}),
               flush=True)
 
