@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--interaction", type=float, default=1.0)
     parser.add_argument("--impressions", type=int, default=50_000)
     parser.add_argument("--ads", type=int, default=500)
+    parser.add_argument("--candidates", type=int, default=15, help="candidates per component at most (the world's max_candidates)")
+    parser.add_argument("--requests", type=int, default=1_000, help="fresh requests scored")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--cold-share", type=float, default=0.0,
                         help="the cold-start scenario: this share of the elements never logged, scored on the requests that hold one")
@@ -62,8 +64,8 @@ def main() -> None:
     if args.quick:
         seeds, impressions, options = seeds[:1], 4_000, {"epochs": 2}
     console.set_quiet(True)
-    world = WorldConfig(seed=seeds[0], impressions=impressions, requests=1_000, interaction=args.interaction,
-                        interaction_form=args.form, features=args.features, ads=args.ads)
+    world = WorldConfig(seed=seeds[0], impressions=impressions, requests=args.requests, interaction=args.interaction,
+                        interaction_form=args.form, features=args.features, ads=args.ads, max_candidates=args.candidates)
     for spec in args.variants:
         name, settings = parse_variant(spec)
         began = time.perf_counter()
@@ -74,7 +76,7 @@ def main() -> None:
         shares = [round(r["frac_of_oracle_lift"], 3) for r in rows]
         cold = f", {args.cold_share} of the elements cold" if args.cold_share else ""
         print(json.dumps({"variant": spec, "world": f"{args.form}, {args.features} features, interaction "
-                          f"{args.interaction}, {impressions} impressions{cold}", "seeds": seeds, "frac_of_oracle_lift": shares,
+                          f"{args.interaction}, {impressions} impressions, {args.candidates} candidates{cold}", "seeds": seeds, "frac_of_oracle_lift": shares,
                           "mean": round(sum(shares) / len(shares), 3), "seconds": round(time.perf_counter() - began)}),
               flush=True)
 
