@@ -29,12 +29,14 @@ table-form logs of 200,000 impressions: 0.749 of the oracle's lift solved on the
 chosen on, 0.787 solved on every row; benchmarks/table_form.py).
 
 The precisions are chosen once for all the members of an ensemble (choose_priors), one of two ways
-(TrainConfig.wide_priors). By the held-out log loss, one block at a time over a small grid (starting from a
-moderate prior of each), summed over the members' held-out rows: a tenth of a small log is a noisy judge, and
-members that chose apart averaged into a model worse than each of them. Or by the evidence (type-II maximum
-likelihood, choose_by_evidence): the precisions under which the training rows are most likely, each order
-sized by what the lower orders leave unexplained; on a table of combinations it recovers the split of the
-variance between main effects, pairs and higher orders.
+(TrainConfig.wide_priors). By the evidence (type-II maximum likelihood, choose_by_evidence, the default): the
+precisions under which the training rows are most likely, each order sized by what the lower orders leave
+unexplained; on a table of combinations it recovers the split of the variance between main effects, pairs
+and higher orders, and it needs no held-out rows. Or by the held-out log loss, one block at a time over a
+small grid (starting from a moderate prior of each), summed over the members' held-out rows: a tenth of a
+small log is a noisy judge (on one log of 10,000 impressions with 5 candidates per component it let the user x
+element weights and the combination effects loose, precisions 100 and 10 where the evidence says 1,500 and
+100, and lost 0.13 of the oracle's lift), and members that chose apart averaged into a model worse than each.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ PRECISIONS = {"features": (10.0, 1.0, 100.0, 1000.0), "user x features": (1000.0
 SELECT_ROWS = 20_000
 #: The appeal's bias has no prior to speak of: it is the overall click rate.
 FLAT = 1e-6
-#: How the precisions are chosen (choose_priors's `priors`).
-PRIORS = ("heldout", "evidence")
+#: How the precisions are chosen (choose_priors's `priors`), and the training rows the evidence is measured on.
+PRIORS = ("evidence", "heldout")
+EVIDENCE_ROWS = 50_000
 #: Fixed-point rounds per block of choose_by_evidence, the range its precisions are kept in, and the precision
 #: that holds a block not yet switched on at zero.
 EVIDENCE_ROUNDS = 4
@@ -329,27 +332,34 @@ class _Fold:
 
 @torch.no_grad()
 def choose_priors(models: list[GenCO], data: EncodedRows, splits: list[tuple[np.ndarray, np.ndarray]], *,
-                  priors: str = "heldout", select_rows: int = SELECT_ROWS) -> dict[str, float]:
+                  priors: str = "evidence", select_rows: int = SELECT_ROWS, evidence_rows: int = EVIDENCE_ROWS) -> dict[str, float]:
     """The prior precisions of the wide part, one set for every model given (the members of an ensemble, each
-    with its own (training rows, held-out rows) split). "heldout": each grid trial is solved for every member
-    on at most `select_rows` of its training rows and judged by the sum of their held-out log losses, a
+    with its own (training rows, held-out rows) split). "evidence": choose_by_evidence on the first member's
+    training rows (at most `evidence_rows` of them: a prior's variance is as well measured on 50,000 rows as on
+    all, and each fixed-point round is a solve). "heldout": each grid trial is solved for every member on at
+    most `select_rows` of its training rows and judged by the sum of their held-out log losses, a
     cross-validation over the members' splits; one split's tenth of a small log is a noisy judge, and members
     that choose apart (combination precisions 10, 100 and 1000 on one log) average into a model worse than
-    each of them. "evidence": choose_by_evidence on the first member's training rows, all of them."""
+    each of them."""
     if priors not in PRIORS:
         raise ValueError(f"priors must be one of {PRIORS}, not {priors!r}")
     if priors == "evidence":
         model, (rows, _) = models[0], splits[0]
-        problem = _Problem(linear_view(model, data, rows), model)
+        problem = _Problem(linear_view(model, data, _sample(rows, evidence_rows)), model)
         blocks, first = _blocks_and_first(problem)
         return choose_by_evidence(problem, blocks, problem.start(wide_of(model)), first)
     folds = []
     for model, (rows, heldout) in zip(models, splits):
-        if len(rows) > select_rows:
-            rows = np.sort(np.random.default_rng(len(rows)).choice(rows, select_rows, replace=False))
-        folds.append(_Fold(_Problem(linear_view(model, data, rows), model), linear_view(model, data, heldout), model))
+        folds.append(_Fold(_Problem(linear_view(model, data, _sample(rows, select_rows)), model), linear_view(model, data, heldout), model))
     blocks, first = _blocks_and_first(folds[0].problem)
     return choose_by_heldout(folds, blocks, first)
+
+
+def _sample(rows: np.ndarray, at_most: int) -> np.ndarray:
+    """At most `at_most` of the rows, the same ones for the same rows (sorted, so row order is kept)."""
+    if len(rows) <= at_most:
+        return rows
+    return np.sort(np.random.default_rng(len(rows)).choice(rows, at_most, replace=False))
 
 
 def choose_by_heldout(folds: list[_Fold], blocks: list[str], first: dict[str, float]) -> dict[str, float]:
