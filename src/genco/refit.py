@@ -335,8 +335,9 @@ def choose_priors(models: list[GenCO], data: EncodedRows, splits: list[tuple[np.
                   priors: str = "evidence", select_rows: int = SELECT_ROWS, evidence_rows: int = EVIDENCE_ROWS) -> dict[str, float]:
     """The prior precisions of the wide part, one set for every model given (the members of an ensemble, each
     with its own (training rows, held-out rows) split). "evidence": choose_by_evidence on the first member's
-    training rows (at most `evidence_rows` of them: a prior's variance is as well measured on 50,000 rows as on
-    all, and each fixed-point round is a solve). "heldout": each grid trial is solved for every member on at
+    training rows, at most `evidence_rows` of them (each fixed-point round is a solve; on the seed-1 world at
+    200,000 impressions, 50,000 rows chose priors as good as all 180,000 did, 0.548 and 0.545 of the oracle's
+    lift, and the whole run took 72% of the time). "heldout": each grid trial is solved for every member on at
     most `select_rows` of its training rows and judged by the sum of their held-out log losses, a
     cross-validation over the members' splits; one split's tenth of a small log is a noisy judge, and members
     that choose apart (combination precisions 10, 100 and 1000 on one log) average into a model worse than

@@ -522,8 +522,8 @@ def shrink_network(member: _Member, data: EncodedRows, index: int, precisions: d
 
 def finish_wide(members: list[_Member], loop: _Epochs, precisions: dict[str, float]) -> None:
     """After stage 1: every member's wide part solved exactly on every row, given its network, under the priors
-    chosen for it. The held-out rows have judged the priors and the network by now; their clicks are then data
-    the wide part should have."""
+    chosen for it. The held-out rows have judged the network (and, with the held-out grid, the priors) by now;
+    their clicks are then data the wide part should have."""
     every_row = np.arange(len(loop.data))
     for m in members:
         solve_wide(m.model, loop.data, every_row, precisions)
