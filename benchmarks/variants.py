@@ -58,12 +58,13 @@ def main() -> None:
     parser.add_argument("--cold-share", type=float, default=0.0,
                         help="the cold-start scenario: this share of the elements never logged, scored on the requests that hold one")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--notes", action="store_true", help="show the training's notes (the wide part's chosen priors among them)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     impressions, options = args.impressions, {}
     if args.quick:
         seeds, impressions, options = seeds[:1], 4_000, {"epochs": 2}
-    console.set_quiet(True)
+    console.set_quiet(not args.notes)
     world = WorldConfig(seed=seeds[0], impressions=impressions, requests=args.requests, interaction=args.interaction,
                         interaction_form=args.form, features=args.features, ads=args.ads, max_candidates=args.candidates)
     for spec in args.variants:
