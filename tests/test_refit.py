@@ -82,6 +82,51 @@ def test_the_solve_reaches_the_map(logs, options):
     assert x.abs().max() > 1e-3  # the data moved it off the prior's centre
 
 
+@pytest.fixture(scope="module")
+def posterior(logs):
+    """A small regression at its MAP under weak priors (where the data's correlations matter), and the true
+    diagonal of its posterior covariance, from the dense Hessian J^T S J + diag(precision)."""
+    model = _model(logs, feature_effects=False, user_id_effects=False)
+    problem = _Problem(linear_view(model, logs, np.arange(0, len(logs), 5)), model)
+    precision = torch.from_numpy(np.where(problem.block == "pairs", 3.0, 1.0))
+    x = problem.solve(precision, problem.start(wide_of(model)))
+    identity = torch.eye(problem.size, dtype=torch.float64)
+    jacobian = torch.cat([problem.times(identity[:, at:at + 256]) for at in range(0, problem.size, 256)], dim=1)  # (n, size)
+    p = torch.sigmoid(problem.logit(x))
+    truth = torch.linalg.inv(jacobian.T @ ((p * (1 - p))[:, None] * jacobian) + torch.diag(precision)).diagonal()
+    return problem, precision, x, truth
+
+
+def test_the_jacobian_products_are_the_logits_derivatives(logs):
+    model = _model(logs)  # every block, the feature terms too
+    problem = _Problem(linear_view(model, logs, np.arange(0, len(logs), 5)), model)
+    x = problem.start(wide_of(model))
+    generator = torch.Generator().manual_seed(0)
+    v = torch.randn(problem.size, 2, generator=generator, dtype=torch.float64)
+    u = torch.randn(len(problem.click), 2, generator=generator, dtype=torch.float64)
+    directional = torch.stack([torch.func.jvp(problem.logit, (x,), (v[:, k],))[1] for k in range(2)], dim=1)
+    assert torch.allclose(problem.times(v), directional)  # J v
+    assert torch.allclose((u * problem.times(v)).sum(dim=0), (problem.transposed_times(u) * v).sum(dim=0))  # J^T u
+
+
+@pytest.mark.parametrize("block, probes", [("context", 16), ("elements", 16), ("elements", 1000), ("pairs", 16)])
+def test_the_posterior_variances_are_the_inverse_hessians_diagonal(posterior, block, probes):
+    """Exact on a block of at most `probes` coordinates, and Hutchinson's estimate summed over a block within a
+    few percent."""
+    problem, precision, x, truth = posterior
+    mask = torch.from_numpy(problem.block == block)
+    variances = problem.posterior_variances(x, precision, mask, probes=probes)
+    assert (variances[~mask] == 0).all()
+    if mask.sum() <= probes:
+        assert torch.allclose(variances[mask], truth[mask], rtol=1e-4)
+    else:
+        assert float(variances[mask].sum()) == pytest.approx(float(truth[mask].sum()), rel=0.03)
+    if block == "elements":  # each row shows six of them: the Hessian's own diagonal misses that they share it
+        determined = float((1 - precision[mask] * truth[mask]).sum())  # what the evidence's fixed point counts
+        by_the_diagonal = float((1 - precision[mask] / (problem.curvature(x) + precision)[mask]).sum())
+        assert by_the_diagonal > 1.5 * determined
+
+
 def test_the_start_is_the_model_as_it_stands(logs):
     model = _model(logs)
     view = linear_view(model, logs, np.arange(len(logs)))
@@ -185,3 +230,26 @@ def test_the_evidence_finds_the_order_that_holds_the_variance(order, split_of_va
     for other in ("elements", "pairs", "combinations"):
         if other != order:
             assert precisions[other] > 5 * precisions[order]
+
+
+def test_the_evidence_tells_a_component_that_matters_from_one_that_does_not():
+    """ARD: on one creative whose clicks depend on one component's element alone, that component's elements get
+    a weak prior (precision about 1 / the variance of their effects), the other's a prior that holds them at
+    zero; the pooled evidence gives both one precision."""
+    world = WorldConfig(seed=4, ads=1, impressions=20_000, requests=0, interaction_form="table", features="none",
+                        table_sizes=(5, 5))
+    _, data, _ = simulate_in_memory(world)
+    first, second = data.schema.components
+    column = data.columns[first]
+    entry = column["members"][column["offsets"][:-1] + column["shown"]]  # (n,) the shown element's table entry
+    names = np.array(data.element_ids[first])[entry]
+    effects = dict(zip(sorted(set(names)), [-1.0, -0.5, 0.0, 0.5, 1.0]))  # sd 0.71
+    p = 1 / (1 + np.exp(-(-2.0 + np.array([effects[name] for name in names]))))
+    data.click = (np.random.default_rng(0).random(len(data)) < p).astype(np.float32)
+    model = GenCO(data.schema, ModelConfig(dim=8, heads=2, hidden=8, feature_effects=False))
+    model.count_ids(data, np.arange(len(data)))
+    model.silence_network()
+    precisions = choose_priors([model], data, [split(len(data), 0.1, 0)], priors="ard")
+    assert 0.5 < precisions[f"elements {first}"] < 10
+    assert precisions[f"elements {second}"] > 100
+    assert f"elements {first}" not in choose_priors([model], data, [split(len(data), 0.1, 0)], priors="evidence")

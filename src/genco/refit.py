@@ -62,13 +62,17 @@ SELECT_ROWS = 20_000
 #: The appeal's bias has no prior to speak of: it is the overall click rate.
 FLAT = 1e-6
 #: How the precisions are chosen (choose_priors's `priors`), and the training rows the evidence is measured on.
-PRIORS = ("evidence", "heldout")
+PRIORS = ("evidence", "ard", "heldout")
 EVIDENCE_ROWS = 50_000
 #: Fixed-point rounds per block of choose_by_evidence, the range its precisions are kept in, and the precision
 #: that holds a block not yet switched on at zero.
 EVIDENCE_ROUNDS = 4
 EVIDENCE_RANGE = (1e-2, 1e6)
 OFF = 1e8
+#: The posterior variances' probes (_Problem.posterior_variances), and its conjugate gradients' steps and tolerance.
+VARIANCE_PROBES = 16
+CG_STEPS = 100
+CG_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -211,6 +215,20 @@ class _Problem:
         self.block = np.concatenate([np.repeat(np.array(TABLES), [len(t) for t in self.touched]),
                                      np.where(feature_rows == 0, "features", "user x features"),
                                      ["bias"] + ["context"] * (appeal_size - 1)])
+        # each coordinate's group for ARD (choose_by_evidence): its block, split by component for the element
+        # tables and by pair of components for the pairs ("elements title", "pairs title x image")
+        self.group = self.block.astype(object)
+        components, M, P = model.schema.components, view.element.shape[1], view.pair.shape[1]
+        pair_names = [f"{components[a]} x {components[b]}" for a, b in zip(*(c.tolist() for c in component_pairs(M)))]
+        component = torch.arange(M).expand(n, M)  # (n, M)
+        where_from = (component[present], None, None, torch.arange(P).expand(n, P)[view.pair_present],
+                      component[:, :, None].expand(n, M, user.shape[1])[present])  # the component (pair) of each shown id
+        for table, t, ids, origin, start in zip(TABLES, self.touched, shown, where_from, starts):
+            if origin is not None and len(t):
+                of = torch.zeros(len(t), dtype=torch.long)
+                of[torch.searchsorted(t, ids)] = origin
+                names = pair_names if table == "pairs" else components
+                self.group[start:start + len(t)] = [f"{table} {names[i]}" for i in of.tolist()]
         # every row's nonzeros in the id tables (n, M + 2 + P + M U): its M elements, its product, its combination,
         # its P pairs, its M elements' U user weights; weight 0 where unused
         alpha = view.alpha.masked_fill(~present, 0.0)  # (n, M)
@@ -223,6 +241,7 @@ class _Problem:
                                   for t, w in zip(self.touched, weights)], dim=1)
         self.alpha = weights[0].double()  # (n, M)
         self.features, self.context = view.features.double(), view.context.double()  # (n, M, F), (n, 1 + U)
+        self.shown_features = (self.alpha[..., None] * self.features).flatten(1)  # (n, M F): each element's pooled features
         self.appeal_in = view.appeal_in.double()  # (n, 1 + U + A)
         self.offset, self.click = view.offset.double(), view.click.double()
 
@@ -230,7 +249,7 @@ class _Problem:
         """The prior precision of every coordinate (size,): each block's chosen value, FLAT elsewhere."""
         precision = torch.full((self.size,), FLAT, dtype=torch.float64)
         for block, value in chosen.items():
-            precision[torch.from_numpy(self.block == block)] = value
+            precision[torch.from_numpy((self.block == block) | (self.group == block))] = value
         return precision
 
     def feature_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,6 +274,51 @@ class _Problem:
                 "n,nm,nc,nmf->mcf", s, self.alpha ** 2, self.context ** 2, self.features ** 2).reshape(-1)
         curvature[self.appeal_at:] = s @ self.appeal_in ** 2
         return curvature
+
+    def times(self, v: torch.Tensor) -> torch.Tensor:
+        """J v for K directions at once, J the logit's Jacobian (n, size): v (size, K) -> (n, K)."""
+        out = (self.weights[..., None] * v[self.columns]).sum(dim=1) + self.appeal_in @ v[self.appeal_at:]
+        if self.appeal_at > self.tabled_size:
+            M, C, Fw = self.feature_shape
+            W = v[self.tabled_size:self.appeal_at].view(M, C, Fw, -1).transpose(1, 2).reshape(M * Fw, -1)  # (M F, (1 + U) K)
+            by_context = (self.shown_features @ W).view(len(out), C, -1)  # (n, 1 + U, K)
+            out = out + (by_context * self.context[:, :, None]).sum(dim=1)
+        return out
+
+    def transposed_times(self, u: torch.Tensor) -> torch.Tensor:
+        """J^T u: u (n, K) -> (size, K)."""
+        K = u.shape[1]
+        out = torch.zeros(self.size, K, dtype=torch.float64)
+        out.index_add_(0, self.columns.reshape(-1), (self.weights[..., None] * u[:, None, :]).reshape(-1, K))
+        if self.appeal_at > self.tabled_size:
+            by_context = (self.context[:, :, None] * u[:, None, :]).flatten(1)  # (n, (1 + U) K)
+            M, C, Fw = self.feature_shape
+            out[self.tabled_size:self.appeal_at] = (self.shown_features.T @ by_context).view(M, Fw, C, K).transpose(1, 2).reshape(-1, K)
+        out[self.appeal_at:] = self.appeal_in.T @ u
+        return out
+
+    def posterior_variances(self, x: torch.Tensor, precision: torch.Tensor, mask: torch.Tensor,
+                            probes: int = VARIANCE_PROBES) -> torch.Tensor:
+        """The Laplace posterior's variance of each coordinate in `mask` (size,; 0 elsewhere): the diagonal of
+        (J^T S J + diag(precision))^-1, S = p(1 - p) at x. Exact (one unit probe per coordinate) where `mask`
+        holds at most `probes` coordinates, else Hutchinson's unbiased estimate from `probes` Rademacher vectors
+        (its sum over many coordinates is what is accurate), each system solved by conjugate gradients. Unlike
+        the inverse of the Hessian's diagonal, it knows that the coordinates one row touches share that row's
+        information: fifteen pairs of ids seen together in one impression are not fifteen well-determined weights."""
+        p = torch.sigmoid(self.logit(x))
+        s = p * (1 - p)  # (n,)
+        at = torch.nonzero(mask).squeeze(1)
+        exact = len(at) <= probes
+        if exact:
+            v = torch.zeros(self.size, len(at), dtype=torch.float64)
+            v[at, torch.arange(len(at))] = 1.0
+        else:
+            signs = torch.randint(0, 2, (len(at), probes), generator=torch.Generator().manual_seed(len(at)))
+            v = torch.zeros(self.size, probes, dtype=torch.float64)
+            v[at] = signs.double() * 2 - 1
+        hessian = lambda w: self.transposed_times(s[:, None] * self.times(w)) + precision[:, None] * w  # noqa: E731
+        w = conjugate_gradients(hessian, v, self.curvature(x) + precision)  # (size, K)
+        return (v * w).sum(dim=1) / (1 if exact else probes)
 
     def solve(self, precision: torch.Tensor, start: torch.Tensor, max_iter: int = 200) -> torch.Tensor:
         """argmin_x  sum_i BCE(logit_i(x), y_i) + 1/2 sum_j precision_j x_j^2, by L-BFGS in x / sqrt(curvature)."""
@@ -291,25 +355,66 @@ class _Problem:
         return Wide(*tables, feature, x[self.appeal_at:].float())
 
 
+def conjugate_gradients(apply, b: torch.Tensor, diagonal: torch.Tensor, steps: int = CG_STEPS,
+                        tolerance: float = CG_TOLERANCE) -> torch.Tensor:
+    """A^-1 b for K right-hand sides at once, A symmetric positive definite given as a function (size, K) ->
+    (size, K), by conjugate gradients preconditioned by A's diagonal (size,), until every column's residual
+    is under `tolerance` of its right-hand side."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    z = r / diagonal[:, None]
+    d = z.clone()
+    rz = (r * z).sum(dim=0)  # (K,)
+    goal = tolerance * b.norm(dim=0)
+    for _ in range(steps):
+        if (r.norm(dim=0) <= goal).all():
+            break
+        Ad = apply(d)
+        step = rz / (d * Ad).sum(dim=0).clamp(min=1e-300)
+        x = x + step * d
+        r = r - step * Ad
+        z = r / diagonal[:, None]
+        rz_next = (r * z).sum(dim=0)
+        d = z + (rz_next / rz.clamp(min=1e-300)) * d
+        rz = rz_next
+    return x
+
+
+GROUPED = ("elements", "user x elements", "pairs")
+
+
 def choose_by_evidence(problem: _Problem, blocks: list[str], start: torch.Tensor, first: dict[str, float],
-                       rounds: int = EVIDENCE_ROUNDS) -> dict[str, float]:
+                       rounds: int = EVIDENCE_ROUNDS, ard: bool = False) -> dict[str, float]:
     """Each block's precision as the one that maximises the evidence (type-II maximum likelihood, MacKay's
-    fixed point  lambda_b <- gamma_b / |x_b|^2,  gamma_b = sum_j h_j / (h_j + lambda_b)  the block's number
-    of well-determined coordinates, h the diagonal of the likelihood's Hessian at the MAP), blocks in
+    fixed point  lambda_b <- gamma_b / |x_b|^2,  gamma_b = sum_j (1 - lambda_b Sigma_jj)  the block's number
+    of well-determined coordinates, Sigma the Laplace posterior's covariance at the MAP), blocks in
     PRECISIONS order, lower orders first: each block is switched on with the blocks after it held at zero,
-    so that it is sized by what the blocks before it leave unexplained. Jointly the fixed point would let the
-    richest block (whole combinations, which can fit every row's mean on their own) swallow the others, a
-    weakness of the diagonal approximation. Returns the chosen precisions (solve_wide then fits under them)."""
+    so that it is sized by what the blocks before it leave unexplained (jointly, the richest block, whole
+    combinations, which can fit every row's mean on its own, would swallow the others).
+
+    Without `ard`, Sigma_jj is taken as 1 / (h_j + lambda_b), h the diagonal of the likelihood's Hessian: cheap,
+    and blind to coordinates that share rows, so it overcounts the well-determined ones and shrinks too hard
+    where many share few rows (the pairs of ids). With `ard` (automatic relevance determination), Sigma_jj is
+    the posterior's own (_Problem.posterior_variances), and the blocks in GROUPED get a precision per
+    component (elements, user x elements) or pair of components (pairs): an image's effects and a call to
+    action's need not share one spread, nor do the pairs that interact and those that do not. Each grouped
+    block also keeps its pooled precision, for a group the rows at hand never touched. Returns the chosen
+    precisions (solve_wide then fits under them)."""
     chosen, x = dict(first), start
     for at, block in enumerate(blocks):
         held_at_zero = {later: OFF for later in blocks[at + 1:]}
-        mask = torch.from_numpy(problem.block == block)
+        in_block = problem.block == block
+        groups = sorted(set(problem.group[in_block])) if ard and block in GROUPED else []
         for _ in range(rounds):
+            precision = problem.precision({**chosen, **held_at_zero})
             with torch.enable_grad():
-                x = problem.solve(problem.precision({**chosen, **held_at_zero}), x)
-            curvature = problem.curvature(x)[mask]
-            determined = float((curvature / (curvature + chosen[block])).sum())
-            chosen[block] = float(np.clip(determined / max(float((x[mask] ** 2).sum()), 1e-12), *EVIDENCE_RANGE))
+                x = problem.solve(precision, x)
+            variance = (problem.posterior_variances(x, precision, torch.from_numpy(in_block)) if ard
+                        else 1 / (problem.curvature(x) + precision))
+            for name in [block, *groups]:
+                mask = torch.from_numpy((problem.block == name) | (problem.group == name))
+                determined = float((1 - precision[mask] * variance[mask]).sum())
+                chosen[name] = float(np.clip(max(determined, 1e-6) / max(float((x[mask] ** 2).sum()), 1e-12), *EVIDENCE_RANGE))
     return chosen
 
 
@@ -334,8 +439,8 @@ class _Fold:
 def choose_priors(models: list[GenCO], data: EncodedRows, splits: list[tuple[np.ndarray, np.ndarray]], *,
                   priors: str = "evidence", select_rows: int = SELECT_ROWS, evidence_rows: int = EVIDENCE_ROWS) -> dict[str, float]:
     """The prior precisions of the wide part, one set for every model given (the members of an ensemble, each
-    with its own (training rows, held-out rows) split). "evidence": choose_by_evidence on the first member's
-    training rows, at most `evidence_rows` of them (each fixed-point round is a solve; on the seed-1 world at
+    with its own (training rows, held-out rows) split). "evidence" and "ard" (ard=True): choose_by_evidence on the
+    first member's training rows, at most `evidence_rows` of them (each fixed-point round is a solve; on the seed-1 world at
     200,000 impressions, 50,000 rows chose priors as good as all 180,000 did, 0.548 and 0.545 of the oracle's
     lift, and the whole run took 72% of the time). "heldout": each grid trial is solved for every member on at
     most `select_rows` of its training rows and judged by the sum of their held-out log losses, a
@@ -344,11 +449,11 @@ def choose_priors(models: list[GenCO], data: EncodedRows, splits: list[tuple[np.
     each of them."""
     if priors not in PRIORS:
         raise ValueError(f"priors must be one of {PRIORS}, not {priors!r}")
-    if priors == "evidence":
+    if priors in ("evidence", "ard"):
         model, (rows, _) = models[0], splits[0]
         problem = _Problem(linear_view(model, data, _sample(rows, evidence_rows)), model)
         blocks, first = _blocks_and_first(problem)
-        return choose_by_evidence(problem, blocks, problem.start(wide_of(model)), first)
+        return choose_by_evidence(problem, blocks, problem.start(wide_of(model)), first, ard=priors == "ard")
     folds = []
     for model, (rows, heldout) in zip(models, splits):
         folds.append(_Fold(_Problem(linear_view(model, data, _sample(rows, select_rows)), model), linear_view(model, data, heldout), model))
@@ -391,7 +496,7 @@ def solve_wide(model: GenCO, data: EncodedRows, rows: np.ndarray, precisions: di
     problem = _Problem(linear_view(model, data, rows), model)
     blocks, first = _blocks_and_first(problem)
     with torch.enable_grad():
-        x = problem.solve(problem.precision({**first, **{b: v for b, v in precisions.items() if b in blocks}}),
+        x = problem.solve(problem.precision({**first, **precisions}),
                           problem.start(wide_of(model)))
     _set_wide(model, problem.full(model, x))
 
