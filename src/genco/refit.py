@@ -217,7 +217,7 @@ class _Problem:
                                      ["bias"] + ["context"] * (appeal_size - 1)])
         # each coordinate's group for ARD (choose_by_evidence): its block, split by component for the element
         # tables and by pair of components for the pairs ("elements title", "pairs title x image")
-        self.group = self.block.astype(object)
+        group = self.block.astype(object)
         components, M, P = model.schema.components, view.element.shape[1], view.pair.shape[1]
         pair_names = [f"{components[a]} x {components[b]}" for a, b in zip(*(c.tolist() for c in component_pairs(M)))]
         component = torch.arange(M).expand(n, M)  # (n, M)
@@ -228,7 +228,8 @@ class _Problem:
                 of = torch.zeros(len(t), dtype=torch.long)
                 of[torch.searchsorted(t, ids)] = origin
                 names = pair_names if table == "pairs" else components
-                self.group[start:start + len(t)] = [f"{table} {names[i]}" for i in of.tolist()]
+                group[start:start + len(t)] = [f"{table} {names[i]}" for i in of.tolist()]
+        self.group = group.astype(str)  # fixed-width text: compared in C, as often as precision() is called
         # every row's nonzeros in the id tables (n, M + 2 + P + M U): its M elements, its product, its combination,
         # its P pairs, its M elements' U user weights; weight 0 where unused
         alpha = view.alpha.masked_fill(~present, 0.0)  # (n, M)
