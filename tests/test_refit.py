@@ -84,8 +84,9 @@ def test_the_solve_reaches_the_map(logs, options):
 
 @pytest.fixture(scope="module")
 def posterior(logs):
-    """A small regression at its MAP under weak priors (where the data's correlations matter), and the true
-    diagonal of its posterior covariance, from the dense Hessian J^T S J + diag(precision)."""
+    """A small regression at its MAP under weak priors (where the data's correlations matter), and how well its
+    rows truly determine each coordinate: the diagonal of Sigma H, from the dense Hessian H = J^T S J and
+    Sigma = (H + diag(precision))^-1."""
     model = _model(logs, feature_effects=False, user_id_effects=False)
     problem = _Problem(linear_view(model, logs, np.arange(0, len(logs), 5)), model)
     precision = torch.from_numpy(np.where(problem.block == "pairs", 3.0, 1.0))
@@ -93,7 +94,8 @@ def posterior(logs):
     identity = torch.eye(problem.size, dtype=torch.float64)
     jacobian = torch.cat([problem.times(identity[:, at:at + 256]) for at in range(0, problem.size, 256)], dim=1)  # (n, size)
     p = torch.sigmoid(problem.logit(x))
-    truth = torch.linalg.inv(jacobian.T @ ((p * (1 - p))[:, None] * jacobian) + torch.diag(precision)).diagonal()
+    hessian = jacobian.T @ ((p * (1 - p))[:, None] * jacobian)
+    truth = (torch.linalg.inv(hessian + torch.diag(precision)) @ hessian).diagonal()
     return problem, precision, x, truth
 
 
@@ -110,21 +112,21 @@ def test_the_jacobian_products_are_the_logits_derivatives(logs):
 
 
 @pytest.mark.parametrize("block, probes", [("context", 16), ("elements", 16), ("elements", 1000), ("pairs", 16)])
-def test_the_posterior_variances_are_the_inverse_hessians_diagonal(posterior, block, probes):
+def test_how_well_the_rows_determine_each_coordinate_is_the_posteriors_own(posterior, block, probes):
     """Exact on a block of at most `probes` coordinates, and Hutchinson's estimate summed over a block within a
     few percent."""
     problem, precision, x, truth = posterior
     mask = torch.from_numpy(problem.block == block)
-    variances = problem.posterior_variances(x, precision, mask, probes=probes)
-    assert (variances[~mask] == 0).all()
+    determined = problem.well_determined(x, precision, mask, probes=probes)
+    assert (determined[~mask] == 0).all()
     if mask.sum() <= probes:
-        assert torch.allclose(variances[mask], truth[mask], rtol=1e-4)
+        assert torch.allclose(determined[mask], truth[mask], rtol=1e-2)  # the solver stops at 1e-3 of the residual
     else:
-        assert float(variances[mask].sum()) == pytest.approx(float(truth[mask].sum()), rel=0.03)
+        assert float(determined[mask].sum()) == pytest.approx(float(truth[mask].sum()), rel=0.03)
     if block == "elements":  # each row shows six of them: the Hessian's own diagonal misses that they share it
-        determined = float((1 - precision[mask] * truth[mask]).sum())  # what the evidence's fixed point counts
-        by_the_diagonal = float((1 - precision[mask] / (problem.curvature(x) + precision)[mask]).sum())
-        assert by_the_diagonal > 1.5 * determined
+        curvature = problem.curvature(x)[mask]
+        by_the_diagonal = float((curvature / (curvature + precision[mask])).sum())
+        assert by_the_diagonal > 1.5 * float(truth[mask].sum())
 
 
 def test_the_start_is_the_model_as_it_stands(logs):

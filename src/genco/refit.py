@@ -298,14 +298,18 @@ class _Problem:
         out[self.appeal_at:] = self.appeal_in.T @ u
         return out
 
-    def posterior_variances(self, x: torch.Tensor, precision: torch.Tensor, mask: torch.Tensor,
-                            probes: int = VARIANCE_PROBES) -> torch.Tensor:
-        """The Laplace posterior's variance of each coordinate in `mask` (size,; 0 elsewhere): the diagonal of
-        (J^T S J + diag(precision))^-1, S = p(1 - p) at x. Exact (one unit probe per coordinate) where `mask`
-        holds at most `probes` coordinates, else Hutchinson's unbiased estimate from `probes` Rademacher vectors
-        (its sum over many coordinates is what is accurate), each system solved by conjugate gradients. Unlike
-        the inverse of the Hessian's diagonal, it knows that the coordinates one row touches share that row's
-        information: fifteen pairs of ids seen together in one impression are not fifteen well-determined weights."""
+    def well_determined(self, x: torch.Tensor, precision: torch.Tensor, mask: torch.Tensor,
+                        probes: int = VARIANCE_PROBES) -> torch.Tensor:
+        """How far the rows determine each coordinate in `mask` (size,; 0 elsewhere), between 0 (the prior alone)
+        and 1: the diagonal of Sigma H = 1 - precision_j Sigma_jj, H = J^T S J the likelihood's Hessian at x
+        (S = p(1 - p)), Sigma = (H + diag(precision))^-1 the Laplace posterior's covariance. Exact (one unit probe
+        per coordinate) where `mask` holds at most `probes` coordinates, else Hutchinson's unbiased estimate from
+        `probes` Rademacher vectors (its sum over many coordinates is what is accurate), each system solved by
+        conjugate gradients. It is solved as Sigma (H v), not as 1 - precision (Sigma v): where the prior
+        dominates, the latter is a small difference of numbers near 1 that the solver's error swamps. Unlike
+        h_j / (h_j + precision_j) from the Hessian's diagonal, it knows that the coordinates one row touches share
+        that row's information: fifteen pairs of ids seen together in one impression are not fifteen
+        well-determined weights."""
         p = torch.sigmoid(self.logit(x))
         s = p * (1 - p)  # (n,)
         at = torch.nonzero(mask).squeeze(1)
@@ -317,8 +321,8 @@ class _Problem:
             signs = torch.randint(0, 2, (len(at), probes), generator=torch.Generator().manual_seed(len(at)))
             v = torch.zeros(self.size, probes, dtype=torch.float64)
             v[at] = signs.double() * 2 - 1
-        hessian = lambda w: self.transposed_times(s[:, None] * self.times(w)) + precision[:, None] * w  # noqa: E731
-        w = conjugate_gradients(hessian, v, self.curvature(x) + precision)  # (size, K)
+        likelihood = lambda w: self.transposed_times(s[:, None] * self.times(w))  # noqa: E731  H w
+        w = conjugate_gradients(lambda w: likelihood(w) + precision[:, None] * w, likelihood(v), self.curvature(x) + precision)
         return (v * w).sum(dim=1) / (1 if exact else probes)
 
     def solve(self, precision: torch.Tensor, start: torch.Tensor, max_iter: int = 200) -> torch.Tensor:
@@ -393,10 +397,10 @@ def choose_by_evidence(problem: _Problem, blocks: list[str], start: torch.Tensor
     so that it is sized by what the blocks before it leave unexplained (jointly, the richest block, whole
     combinations, which can fit every row's mean on its own, would swallow the others).
 
-    Without `ard`, Sigma_jj is taken as 1 / (h_j + lambda_b), h the diagonal of the likelihood's Hessian: cheap,
-    and blind to coordinates that share rows, so it overcounts the well-determined ones and shrinks too hard
-    where many share few rows (the pairs of ids). With `ard` (automatic relevance determination), Sigma_jj is
-    the posterior's own (_Problem.posterior_variances), and the blocks in GROUPED get a precision per
+    Without `ard`, each coordinate's term is taken as h_j / (h_j + lambda_b), h the diagonal of the likelihood's
+    Hessian: cheap, and blind to coordinates that share rows, so it overcounts the well-determined ones and
+    shrinks too hard where many share few rows (the pairs of ids). With `ard` (automatic relevance
+    determination), the terms are the posterior's own (_Problem.well_determined), and the blocks in GROUPED get a precision per
     component (elements, user x elements) or pair of components (pairs): an image's effects and a call to
     action's need not share one spread, nor do the pairs that interact and those that do not. Each grouped
     block also keeps its pooled precision, for a group the rows at hand never touched. Returns the chosen
@@ -405,17 +409,20 @@ def choose_by_evidence(problem: _Problem, blocks: list[str], start: torch.Tensor
     for at, block in enumerate(blocks):
         held_at_zero = {later: OFF for later in blocks[at + 1:]}
         in_block = problem.block == block
-        groups = sorted(set(problem.group[in_block])) if ard and block in GROUPED else []
+        groups = sorted(set(problem.group[in_block].tolist())) if ard and block in GROUPED else []
         for _ in range(rounds):
             precision = problem.precision({**chosen, **held_at_zero})
             with torch.enable_grad():
                 x = problem.solve(precision, x)
-            variance = (problem.posterior_variances(x, precision, torch.from_numpy(in_block)) if ard
-                        else 1 / (problem.curvature(x) + precision))
+            if ard:
+                determined = problem.well_determined(x, precision, torch.from_numpy(in_block))
+            else:
+                curvature = problem.curvature(x)
+                determined = curvature / (curvature + precision)
             for name in [block, *groups]:
                 mask = torch.from_numpy((problem.block == name) | (problem.group == name))
-                determined = float((1 - precision[mask] * variance[mask]).sum())
-                chosen[name] = float(np.clip(max(determined, 1e-6) / max(float((x[mask] ** 2).sum()), 1e-12), *EVIDENCE_RANGE))
+                gamma = float(determined[mask].sum())
+                chosen[name] = float(np.clip(max(gamma, 1e-6) / max(float((x[mask] ** 2).sum()), 1e-12), *EVIDENCE_RANGE))
     return chosen
 
 
