@@ -10,7 +10,8 @@ through the lower orders, so the best it can do is shrink each combination's own
 elements and pairs say, as far as the variance of the higher orders warrants. GenCO's wide part (genco.refit)
 is that model; its prior precisions are the shrinkage. Per log this fits the wide part alone (the network
 silenced, one reward model) with the priors chosen by held-out log loss (fitted on 90% of the rows, the rest
-judging the grid, as in training) and by the evidence (on every row, since it needs none held out), each then
+judging the grid, as in training) and by the evidence, pooled per block or per component and pair of components
+(`ard`; on every row, since it needs none held out), each then
 solved on every row as training ends, and counting whole combinations (combination-ts) on the same log, then
 prints each one's share of the oracle's lift, the paired differences with their standard errors, and the
 split of the variance the evidence believes in next to the world's. One log's reading moves by 0.3 and more: the paired mean over many
@@ -40,13 +41,13 @@ from genco.world import WorldConfig, simulate_in_memory
 
 def wide_part_alone(logs, priors: str, seed: int) -> tuple[GenCO, dict[str, float]]:
     """GenCO's wide part on its own, as genco.train fits it when the network is not kept: the priors chosen
-    (on a held-out split, or by the evidence on every row, which needs none), then the MAP on every row."""
+    (on a held-out split, or by the evidence, pooled or per component (ard), on every row, which needs none), then the MAP on every row."""
     torch.manual_seed(seed)
     model = GenCO(logs.schema, ModelConfig())
     start_at_click_rate(model, logs)
     every_row = np.arange(len(logs))
     rows, heldout = split(len(logs), 0.1, seed)
-    if priors == "evidence":
+    if priors != "heldout":  # the evidence needs no rows held out
         rows = every_row
     model.count_ids(logs, rows)
     model.silence_network()
@@ -90,8 +91,8 @@ def main() -> None:
             chosen = choose(model, requests, greedy=True, config=BENCH_SELECT, seed=seed)
             row[priors] = round(evaluator.score(chosen.selections)["frac_of_oracle_lift"], 3)
             row[f"{priors}_seconds"] = round(time.perf_counter() - began, 1)
-            if priors == "evidence":
-                row["evidence_split"] = believed_split(precisions, len(config.table_sizes))
+            if priors != "heldout":
+                row[f"{priors}_split"] = believed_split(precisions, len(config.table_sizes))
         counting = make_policy("combination-ts", seed=seed).fit(logs)
         row["combination-ts"] = round(evaluator.score(counting.choose(requests, greedy=True, seed=seed).selections)["frac_of_oracle_lift"], 3)
         for name in shares:
@@ -100,7 +101,9 @@ def main() -> None:
     print(json.dumps({"logs": len(shares["evidence"]), "impressions": impressions, "world_split": list(config.variance_split),
                       **{f"mean_{name}": round(float(np.mean(v)), 3) for name, v in shares.items()},
                       "evidence_minus_counting": paired(shares["evidence"], shares["combination-ts"]),
+                      "ard_minus_counting": paired(shares["ard"], shares["combination-ts"]),
                       "heldout_minus_counting": paired(shares["heldout"], shares["combination-ts"]),
+                      "ard_minus_evidence": paired(shares["ard"], shares["evidence"]),
                       "evidence_minus_heldout": paired(shares["evidence"], shares["heldout"])}, ensure_ascii=False))
 
 

@@ -28,11 +28,14 @@ priors and the network, they are clicks the wide part should not go without (the
 table-form logs of 200,000 impressions: 0.749 of the oracle's lift solved on the 90% of rows its priors were
 chosen on, 0.787 solved on every row; benchmarks/table_form.py).
 
-The precisions are chosen once for all the members of an ensemble (choose_priors), one of two ways
-(TrainConfig.wide_priors). By the evidence (type-II maximum likelihood, choose_by_evidence, the default): the
-precisions under which the training rows are most likely, each order sized by what the lower orders leave
-unexplained; on a table of combinations it recovers the split of the variance between main effects, pairs
-and higher orders, and it needs no held-out rows. Or by the held-out log loss, one block at a time over a
+The precisions are chosen once for all the members of an ensemble (choose_priors), one of three ways
+(TrainConfig.wide_priors). By the evidence (type-II maximum likelihood, choose_by_evidence): the precisions
+under which the training rows are most likely, each order sized by what the lower orders leave unexplained;
+on a table of combinations it recovers the split of the variance between main effects, pairs and higher
+orders, and it needs no held-out rows. The default, "ard", gives each component and each pair of components
+its own precision and counts the well-determined coordinates with the posterior's own covariance; "evidence"
+pools each block and counts them from the Hessian's diagonal, which shrinks the pairs of ids too hard. Or by
+the held-out log loss, one block at a time over a
 small grid (starting from a moderate prior of each), summed over the members' held-out rows: a tenth of a
 small log is a noisy judge (on one log of 10,000 impressions with 5 candidates per component it let the user x
 element weights and the combination effects loose, precisions 100 and 10 where the evidence says 1,500 and
@@ -62,7 +65,7 @@ SELECT_ROWS = 20_000
 #: The appeal's bias has no prior to speak of: it is the overall click rate.
 FLAT = 1e-6
 #: How the precisions are chosen (choose_priors's `priors`), and the training rows the evidence is measured on.
-PRIORS = ("evidence", "ard", "heldout")
+PRIORS = ("ard", "evidence", "heldout")
 EVIDENCE_ROWS = 50_000
 #: Fixed-point rounds per block of choose_by_evidence, the range its precisions are kept in, and the precision
 #: that holds a block not yet switched on at zero.
@@ -445,7 +448,7 @@ class _Fold:
 
 @torch.no_grad()
 def choose_priors(models: list[GenCO], data: EncodedRows, splits: list[tuple[np.ndarray, np.ndarray]], *,
-                  priors: str = "evidence", select_rows: int = SELECT_ROWS, evidence_rows: int = EVIDENCE_ROWS) -> dict[str, float]:
+                  priors: str = "ard", select_rows: int = SELECT_ROWS, evidence_rows: int = EVIDENCE_ROWS) -> dict[str, float]:
     """The prior precisions of the wide part, one set for every model given (the members of an ensemble, each
     with its own (training rows, held-out rows) split). "evidence" and "ard" (ard=True): choose_by_evidence on the
     first member's training rows, at most `evidence_rows` of them (each fixed-point round is a solve; on the seed-1 world at
