@@ -59,8 +59,8 @@ class NetworkJudgeChoice(str, Enum):
 
 
 class WidePriorsChoice(str, Enum):
-    ard = "ard"
     evidence = "evidence"
+    ard = "ard"
     heldout = "heldout"
 
 
@@ -232,7 +232,7 @@ def train(
     no_user_id_effects: Annotated[bool, typer.Option("--no-user-id-effects", help="No exactly fitted user x element-id weights (which element suits whom, for elements known by id) in the wide part. They are left out anyway when users have more than 64 features.")] = False,
     wide_fit: Annotated[WideFitChoice, typer.Option(help="When the wide part (product appeal, element ids, features, pairs, combinations: a logistic regression) is fitted exactly, a MAP with priors chosen once for every reward model on their held-out rows: first (before the network, on each reward model's training rows; the network then learns what it cannot say, and --network-judge says how much of it is kept), after (the network and the wide part trained together by stochastic steps first) or none (stochastic steps only). Either way but none, training ends with the wide part solved on every row, the held-out ones too, given each network.")] = WideFitChoice.first,
     network_judge: Annotated[NetworkJudgeChoice, typer.Option(help="How much of the network each reward model keeps over its wide part: shrink (its best epoch at the weight 0, 0.25, 0.5, 0.75 or 1 whose held-out log loss is least; with --wide-fit after the wide part is solved again on the training rows at each weight), bar (with --wide-fit first: all of it if an epoch's held-out log loss beats the wide part alone, else none) or keep (its best epoch, whatever the wide part alone scored). With --wide-fit none the whole best epoch is kept.")] = NetworkJudgeChoice.shrink,
-    wide_priors: Annotated[WidePriorsChoice, typer.Option(help="How the wide fit chooses each block's prior precision (how far element, pair and combination effects are shrunk): ard (the precisions under which the training rows are most likely, lower orders first, one per component and per pair of components, from the posterior's own variances: no held-out rows needed), evidence (the same, one per block, from the Hessian's diagonal: cheaper, shrinks pairs of ids too hard) or heldout (a grid, by the held-out log loss). Either way every reward model gets the same priors.")] = WidePriorsChoice.ard,
+    wide_priors: Annotated[WidePriorsChoice, typer.Option(help="How the wide fit chooses each block's prior precision (how far element, pair and combination effects are shrunk): evidence (the precisions under which the training rows are most likely, lower orders first, one per block: no held-out rows needed), ard (the same, one per component and per pair of components, from the posterior's own variances: better on pairs of ids, three times the cost, not yet trusted on small logs) or heldout (a grid, by the held-out log loss). Either way every reward model gets the same priors.")] = WidePriorsChoice.evidence,
     batch_size: Annotated[int, typer.Option(help="Impressions per step (at most; small logs get smaller batches).")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate of the reward model (cut by 0.3 whenever the held-out log loss stalls).")] = 0.01,
     k: Annotated[int, typer.Option("--k", help=f"Combinations sampled per context for the policy gradient (2 to {MAX_K}); each is credited with what it adds to the best of the K.")] = 16,

@@ -32,9 +32,10 @@ The precisions are chosen once for all the members of an ensemble (choose_priors
 (TrainConfig.wide_priors). By the evidence (type-II maximum likelihood, choose_by_evidence): the precisions
 under which the training rows are most likely, each order sized by what the lower orders leave unexplained;
 on a table of combinations it recovers the split of the variance between main effects, pairs and higher
-orders, and it needs no held-out rows. The default, "ard", gives each component and each pair of components
-its own precision and counts the well-determined coordinates with the posterior's own covariance; "evidence"
-pools each block and counts them from the Hessian's diagonal, which shrinks the pairs of ids too hard. Or by
+orders, and it needs no held-out rows. The default, "evidence", pools each block and counts the
+well-determined coordinates from the Hessian's diagonal, which shrinks the pairs of ids too hard; "ard" gives
+each component and each pair of components its own precision and counts them with the posterior's own
+covariance. Or by
 the held-out log loss, one block at a time over a
 small grid (starting from a moderate prior of each), summed over the members' held-out rows: a tenth of a
 small log is a noisy judge (on one log of 10,000 impressions with 5 candidates per component it let the user x
@@ -65,15 +66,15 @@ SELECT_ROWS = 20_000
 #: The appeal's bias has no prior to speak of: it is the overall click rate.
 FLAT = 1e-6
 #: How the precisions are chosen (choose_priors's `priors`), and the training rows the evidence is measured on.
-PRIORS = ("ard", "evidence", "heldout")
+PRIORS = ("evidence", "ard", "heldout")
 EVIDENCE_ROWS = 50_000
 #: Fixed-point rounds per block of choose_by_evidence, the range its precisions are kept in, and the precision
 #: that holds a block not yet switched on at zero.
 EVIDENCE_ROUNDS = 4
 EVIDENCE_RANGE = (1e-2, 1e6)
 OFF = 1e8
-#: The posterior variances' probes (_Problem.posterior_variances), and its conjugate gradients' steps and tolerance.
-VARIANCE_PROBES = 16
+#: Hutchinson probes of _Problem.well_determined, and its conjugate gradients' steps and tolerance (of the residual).
+PROBES = 16
 CG_STEPS = 100
 CG_TOLERANCE = 1e-3
 
@@ -302,7 +303,7 @@ class _Problem:
         return out
 
     def well_determined(self, x: torch.Tensor, precision: torch.Tensor, mask: torch.Tensor,
-                        probes: int = VARIANCE_PROBES) -> torch.Tensor:
+                        probes: int = PROBES) -> torch.Tensor:
         """How far the rows determine each coordinate in `mask` (size,; 0 elsewhere), between 0 (the prior alone)
         and 1: the diagonal of Sigma H = 1 - precision_j Sigma_jj, H = J^T S J the likelihood's Hessian at x
         (S = p(1 - p)), Sigma = (H + diag(precision))^-1 the Laplace posterior's covariance. Exact (one unit probe
@@ -448,7 +449,7 @@ class _Fold:
 
 @torch.no_grad()
 def choose_priors(models: list[GenCO], data: EncodedRows, splits: list[tuple[np.ndarray, np.ndarray]], *,
-                  priors: str = "ard", select_rows: int = SELECT_ROWS, evidence_rows: int = EVIDENCE_ROWS) -> dict[str, float]:
+                  priors: str = "evidence", select_rows: int = SELECT_ROWS, evidence_rows: int = EVIDENCE_ROWS) -> dict[str, float]:
     """The prior precisions of the wide part, one set for every model given (the members of an ensemble, each
     with its own (training rows, held-out rows) split). "evidence" and "ard" (ard=True): choose_by_evidence on the
     first member's training rows, at most `evidence_rows` of them (each fixed-point round is a solve; on the seed-1 world at

@@ -80,9 +80,9 @@ class TrainConfig:
     # epoch at the weight in NETWORK_WEIGHTS with the least held-out log loss; with wide_fit "after" the wide part is
     # solved again at each weight), "bar" (wide part first: all of it if an epoch beats the wide part alone, else
     # none) or "keep" (its best epoch whatever); with wide_fit "none" the whole best epoch
-    wide_priors: str = "ard"  # how the wide fit chooses its prior precisions: "ard" (type-II maximum likelihood
-    # on the training rows, a precision per component and pair of components, the posterior's own variances),
-    # "evidence" (the same pooled per block, the Hessian's diagonal) or "heldout" (a grid, by held-out log loss); genco.refit
+    wide_priors: str = "evidence"  # how the wide fit chooses its prior precisions: "evidence" (type-II maximum
+    # likelihood on the training rows, one per block, the Hessian's diagonal), "ard" (the same per component and
+    # pair of components, the posterior's own variances) or "heldout" (a grid, by held-out log loss); genco.refit
     reward_models: int = bounded(3, ge=1, le=32)  # an ensemble: the served argmax is their mean's (see genco.ensemble)
     rl_objective: str = "best-of-k"  # or "mean": the paper's E[R] with the mean of the K as baseline
     threads: int = bounded(0, ge=0, le=1024)  # torch threads; 0: torch's default
